@@ -1,0 +1,140 @@
+"""Commands: what the machine tells the driver to do. Imperative, frozen, carry no secrets.
+
+The driver carries each out and reports what happened as an event; it decides nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qqconn.events import Timer
+
+__all__ = [
+    "AnnounceState",
+    "CancelTimer",
+    "CloseSocket",
+    "Command",
+    "DeliverDispatch",
+    "DropDispatch",
+    "Finish",
+    "NotifyFatal",
+    "OpenSocket",
+    "SendHeartbeat",
+    "SendIdentify",
+    "SendResume",
+    "StartTimer",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSocket:
+    """Start attempt ``attempt``: get a token (a fresh one if ``refresh_token``), the gateway
+    URL, and open the WebSocket. Report SocketOpened or ConnectFailed."""
+
+    attempt: int
+    refresh_token: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendIdentify:
+    """Send op 2 Identify (token, intents and shard are the driver's)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendResume:
+    """Send op 6 Resume for ``session_id`` from ``seq``."""
+
+    attempt: int
+    session_id: str
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendHeartbeat:
+    """Send op 1 with ``d = seq``. Report HeartbeatSent or HeartbeatSendFailed."""
+
+    attempt: int
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """(Re)start ``timer``: fire TimerFired after ``delay_s``. A running timer of that name is
+    replaced. Timers of an attempt (``attempt`` set) die with that attempt's socket."""
+
+    timer: Timer
+    delay_s: float
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """Cancel ``timer`` if it is running."""
+
+    timer: Timer
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSocket:
+    """End attempt ``attempt``: close its socket with ``code`` (bounded by close_timeout_s) and
+    cancel everything that belongs to it. Its later events are stale and will be dropped."""
+
+    attempt: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverDispatch:
+    """Hand the dispatch with ``seq`` to the host."""
+
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DropDispatch:
+    """Do not hand this dispatch to the host: the host already had ``seq``."""
+
+    seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceState:
+    """The state changed: tell the host and rewrite the state file."""
+
+    state: str
+    previous: str
+    trigger: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyFatal:
+    """Call the host's fatal callback, once, from a task of its own."""
+
+    reason: str
+    close_code: int | None
+    retryable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The machine is terminal: end the manager's run."""
+
+
+Command = (
+    OpenSocket
+    | SendIdentify
+    | SendResume
+    | SendHeartbeat
+    | StartTimer
+    | CancelTimer
+    | CloseSocket
+    | DeliverDispatch
+    | DropDispatch
+    | AnnounceState
+    | NotifyFatal
+    | Finish
+)

@@ -1,0 +1,210 @@
+"""Events: facts the I/O layer observed, fed to the machine. Past tense, frozen, time-stamped.
+
+``at`` is a monotonic time in seconds supplied by the caller (the machine has no clock).
+``attempt`` names the connection attempt (one per socket) an event belongs to; the machine
+drops events of attempts other than the current one, so nothing a dead socket says can act.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "ConnectFailed",
+    "DispatchReceived",
+    "Event",
+    "FrameRejected",
+    "HeartbeatAcked",
+    "HeartbeatRequested",
+    "HeartbeatSendFailed",
+    "HeartbeatSent",
+    "HelloReceived",
+    "InvalidSessionReceived",
+    "ReadyReceived",
+    "ReconnectRequested",
+    "ResumedReceived",
+    "SocketClosed",
+    "SocketOpened",
+    "Started",
+    "StopRequested",
+    "Timer",
+    "TimerFired",
+]
+
+
+class Timer(enum.Enum):
+    """The machine's named timers. Per-socket timers die with their socket."""
+
+    ATTEMPT_DEADLINE = "attempt_deadline"  #: READY/RESUMED due within connect_timeout_s
+    HEARTBEAT = "heartbeat"  #: next heartbeat due (per socket)
+    ACK_DEADLINE = "ack_deadline"  #: the last heartbeat's ACK is due (per socket)
+    BACKOFF = "backoff"  #: the wait between attempts is over
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The host started the manager."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    """The host asked the manager to stop."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailed:
+    """The attempt failed before its socket opened (token, gateway URL or WebSocket handshake)."""
+
+    attempt: int
+    at: float
+    stage: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOpened:
+    """The WebSocket handshake completed; the quick-drop clock starts now."""
+
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReceived:
+    """Op 10 arrived. ``interval_ms`` is the raw ``heartbeat_interval`` (validated by the machine)."""
+
+    attempt: int
+    at: float
+    interval_ms: object
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyReceived:
+    """READY arrived: a new session."""
+
+    attempt: int
+    at: float
+    session_id: str
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumedReceived:
+    """RESUMED arrived: the session lives on."""
+
+    attempt: int
+    at: float
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchReceived:
+    """A dispatch (op 0) arrived with sequence number ``seq`` (None: the frame had no usable s)."""
+
+    attempt: int
+    at: float
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAcked:
+    """Op 11 arrived."""
+
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRequested:
+    """The server sent op 1: it wants a heartbeat now."""
+
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatSent:
+    """A heartbeat the machine asked for was written to the socket."""
+
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatSendFailed:
+    """Writing a heartbeat failed."""
+
+    attempt: int
+    at: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectRequested:
+    """Op 7 arrived."""
+
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidSessionReceived:
+    """Op 9 arrived; ``resumable`` is its ``d`` (True only for a literal ``true``)."""
+
+    attempt: int
+    at: float
+    resumable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRejected:
+    """A frame could not be used (not JSON, binary, unknown op, wrong shape). Already logged."""
+
+    attempt: int
+    at: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SocketClosed:
+    """The socket ended. ``code`` is None when no close frame was received (1006, reset, EOF)."""
+
+    attempt: int
+    at: float
+    code: int | None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """A timer the machine started has elapsed."""
+
+    timer: Timer
+    attempt: int
+    at: float
+
+
+Event = (
+    Started
+    | StopRequested
+    | ConnectFailed
+    | SocketOpened
+    | HelloReceived
+    | ReadyReceived
+    | ResumedReceived
+    | DispatchReceived
+    | HeartbeatAcked
+    | HeartbeatRequested
+    | HeartbeatSent
+    | HeartbeatSendFailed
+    | ReconnectRequested
+    | InvalidSessionReceived
+    | FrameRejected
+    | SocketClosed
+    | TimerFired
+)

@@ -1,0 +1,736 @@
+"""The connection machine: every decision a QQ gateway connection makes, as one table.
+
+Theory of operation
+===================
+
+Rule 1: everything that decides what a connection does lives in this module. The driver
+observes sockets and timers, feeds the facts in as :mod:`~qqconn.events`, and carries out the
+:mod:`~qqconn.commands` that come back. Nothing else decides.
+
+The states (behaviour.md)::
+
+    CONNECTING     token, gateway URL, WebSocket, waiting for Hello
+    IDENTIFIED     Hello seen, Identify/Resume sent, heartbeats running, waiting for READY/RESUMED
+    ALIVE          READY or RESUMED seen: the session is live
+    QUICK_DROPPED  the connection ended less than quick_disconnect_threshold_s after its socket opened
+    BACKOFF        waiting before the next attempt
+    FATAL          terminal: gave up; the host is told exactly once (on entry)
+    STOPPED        terminal: the host asked to stop
+
+The two counters, and exactly when they move:
+
+* ``quick_drops`` counts consecutive *quick* connection ends: a connection whose socket opened
+  and which ended, for whatever reason, less than the threshold after opening. It goes back to
+  zero only when a connection that lived at least the threshold ends. A socket merely opening,
+  or READY, never resets it: a server that accepts, says READY and closes at once is exactly the
+  loop this counter exists to stop. Op 7, a stop and a FATAL close are not counted.
+* ``failed_attempts`` counts consecutive attempts that ended before READY/RESUMED (token or URL
+  failure, handshake failure, a socket that closed early, no READY in time). Only READY or
+  RESUMED reset it. Close 4008 consumes an attempt even from ALIVE.
+
+Why QUICK_DROPPED is a state of its own: it is the one place the quick-drop guard is asked, so
+the diagram shows the rule (``QUICK_DROPPED -> FATAL [quick_drops_exhausted]``) instead of hiding
+it in a branch. BACKOFF likewise asks ``attempts_exhausted`` on entry, before any wait: a spent
+budget ends at once, never after a pointless sleep. Both run through the ``assess`` trigger,
+which the machine queues on entering those states.
+
+How a connection ends: every way (a close frame, a drop, a connect failure, op 9, a zombie,
+a stale socket, failed heartbeat sends, no READY in time, op 7) becomes one ``connection_ended``
+trigger carrying an :class:`~qqconn.policy.Ending` that says what the close-code table implies.
+Three guarded rows then choose FATAL, QUICK_DROPPED or BACKOFF.
+
+Attempts are epochs: each socket belongs to one attempt number, and an event of an attempt that
+is not the current, open one is dropped (``qqconn.stale_event``) before the table sees it. A
+late close from a socket the machine already gave up on (the 4009 after op 7) cannot act.
+
+Every (state, trigger) pair has rows ending in an unguarded one, so no trigger ever quietly
+returns False; pairs that mean nothing get an explicit ``ignore`` row, and a protocol oddity an
+``ignore_unexpected`` row that logs a warning. ``tests/test_exploration.py`` checks all of this.
+
+Dispatches are the one event that does not go through ``transitions``: there may be thousands a
+second, they never change the state, and the only decision (deliver, or drop an ``s`` the host
+already had) is :meth:`ConnectionMachine._on_dispatch`, below, in this module.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from transitions import Machine
+
+from qqconn import commands as cmd
+from qqconn import events as ev
+from qqconn.errors import LocalProtocolError
+from qqconn.events import Timer
+from qqconn.policy import Delay, Ending, Policy, Session, backoff_delay, classify_close
+
+__all__ = ["TRANSITIONS", "ConnectionMachine", "Fatal", "State", "build_rows"]
+
+
+class State(enum.Enum):
+    """The machine's states. ``value`` is the lower-case name used in status and state files."""
+
+    #: token, gateway URL, WebSocket handshake, waiting for Hello
+    CONNECTING = "connecting"
+    #: Identify or Resume sent, heartbeats running, waiting for READY/RESUMED
+    IDENTIFIED = "identified"
+    #: the session is live
+    ALIVE = "alive"
+    #: a connection ended within quick_disconnect_threshold_s of its socket opening
+    QUICK_DROPPED = "quick_dropped"
+    #: waiting before the next attempt
+    BACKOFF = "backoff"
+    #: terminal: gave up, host told once
+    FATAL = "fatal"
+    #: terminal: stopped by the host
+    STOPPED = "stopped"
+
+
+S = State
+LIVE = [S.CONNECTING, S.IDENTIFIED, S.ALIVE]  # a socket (or an attempt at one) exists
+SOCKET_UP = [S.IDENTIFIED, S.ALIVE]  # Hello seen, heartbeats running
+NOT_TERMINAL = [S.CONNECTING, S.IDENTIFIED, S.ALIVE, S.QUICK_DROPPED, S.BACKOFF]
+
+#: Zombie and stale closes must not be 1000/1001 (those would end the session on Discord-like
+#: gateways); 4000 is in the private range and leaves the session resumable.
+RECONNECT_CLOSE_CODE = 4000
+
+TRIGGERS = (
+    "start",
+    "socket_opened",
+    "hello",
+    "ready",
+    "resumed",
+    "heartbeat_due",
+    "ack_due",
+    "heartbeat_acked",
+    "heartbeat_requested",
+    "heartbeat_sent",
+    "heartbeat_failed",
+    "frame_rejected",
+    "reconnect_requested",
+    "connection_ended",
+    "assess",
+    "backoff_elapsed",
+    "stop",
+)
+
+# The table. Rows of one (source, trigger) are tried in order; the first whose conditions all
+# hold fires. ``dest: None`` is an internal transition (no exit/enter). Guards are questions.
+TRANSITIONS: list[dict[str, Any]] = [
+    # -- starting --------------------------------------------------------------------------
+    {"trigger": "start", "source": S.CONNECTING, "dest": None, "conditions": "not_started",
+     "after": "begin_attempt"},
+    # -- CONNECTING -------------------------------------------------------------------------
+    {"trigger": "socket_opened", "source": S.CONNECTING, "dest": None, "after": "note_socket_opened"},
+    {"trigger": "hello", "source": S.CONNECTING, "dest": S.IDENTIFIED, "after": "greet"},
+    # -- IDENTIFIED -------------------------------------------------------------------------
+    {"trigger": "ready", "source": S.IDENTIFIED, "dest": S.ALIVE, "before": "adopt_session"},
+    {"trigger": "resumed", "source": S.IDENTIFIED, "dest": S.ALIVE, "before": "keep_session"},
+    # -- heartbeats (IDENTIFIED and ALIVE) -----------------------------------------------------
+    {"trigger": "heartbeat_due", "source": SOCKET_UP, "dest": None, "conditions": "ack_overdue",
+     "after": "end_zombie"},
+    {"trigger": "heartbeat_due", "source": SOCKET_UP, "dest": None, "conditions": "frames_stale",
+     "after": "end_stale"},
+    {"trigger": "heartbeat_due", "source": SOCKET_UP, "dest": None, "after": "beat"},
+    {"trigger": "ack_due", "source": SOCKET_UP, "dest": None, "conditions": "ack_overdue",
+     "after": "end_zombie"},
+    {"trigger": "heartbeat_acked", "source": SOCKET_UP, "dest": None, "after": "note_ack"},
+    {"trigger": "heartbeat_requested", "source": SOCKET_UP, "dest": None, "after": "beat_now"},
+    {"trigger": "heartbeat_sent", "source": SOCKET_UP, "dest": None, "after": "note_beat_sent"},
+    {"trigger": "heartbeat_failed", "source": SOCKET_UP, "dest": None,
+     "conditions": "send_failures_exhausted", "after": "end_send_failures"},
+    {"trigger": "heartbeat_failed", "source": SOCKET_UP, "dest": None, "after": "note_beat_failed"},
+    # -- op 7 ------------------------------------------------------------------------------
+    {"trigger": "reconnect_requested", "source": S.ALIVE, "dest": None, "after": "end_op7"},
+    {"trigger": "reconnect_requested", "source": [S.CONNECTING, S.IDENTIFIED], "dest": None,
+     "after": "end_op7_early"},
+    # -- bad frames --------------------------------------------------------------------------
+    {"trigger": "frame_rejected", "source": LIVE, "dest": None, "after": "note_rejected"},
+    # -- the end of a connection ----------------------------------------------------------------
+    {"trigger": "connection_ended", "source": LIVE, "dest": S.FATAL,
+     "conditions": "ending_is_fatal", "before": "record_fatal_ending"},
+    {"trigger": "connection_ended", "source": LIVE, "dest": S.QUICK_DROPPED,
+     "conditions": "is_quick_drop", "before": "count_ending"},
+    {"trigger": "connection_ended", "source": LIVE, "dest": S.BACKOFF, "before": "count_ending"},
+    # -- QUICK_DROPPED ---------------------------------------------------------------------
+    {"trigger": "assess", "source": S.QUICK_DROPPED, "dest": S.FATAL,
+     "conditions": "quick_drops_exhausted", "before": "record_quick_fatal"},
+    {"trigger": "assess", "source": S.QUICK_DROPPED, "dest": S.BACKOFF},
+    # -- BACKOFF ---------------------------------------------------------------------------
+    {"trigger": "assess", "source": S.BACKOFF, "dest": S.FATAL,
+     "conditions": "attempts_exhausted", "before": "record_attempts_fatal"},
+    {"trigger": "assess", "source": S.BACKOFF, "dest": None, "after": "wait_before_attempt"},
+    {"trigger": "backoff_elapsed", "source": S.BACKOFF, "dest": S.CONNECTING,
+     "after": "begin_attempt"},
+    # -- stopping --------------------------------------------------------------------------
+    {"trigger": "stop", "source": NOT_TERMINAL, "dest": S.STOPPED},
+    # -- protocol oddities: logged at WARNING, otherwise ignored -------------------------------
+    {"trigger": "hello", "source": SOCKET_UP, "dest": None, "after": "ignore_unexpected"},
+    {"trigger": "ready", "source": [S.CONNECTING, S.ALIVE], "dest": None,
+     "after": "ignore_unexpected"},
+    {"trigger": "resumed", "source": [S.CONNECTING, S.ALIVE], "dest": None,
+     "after": "ignore_unexpected"},
+    # -- misuse by the host ------------------------------------------------------------------
+    {"trigger": "start", "source": list(State), "dest": None, "after": "refuse_start"},
+]
+
+STATES: list[dict[str, Any]] = [
+    {"name": S.CONNECTING},
+    {"name": S.IDENTIFIED},
+    {"name": S.ALIVE},
+    {"name": S.QUICK_DROPPED, "on_enter": "queue_assess"},
+    {"name": S.BACKOFF, "on_enter": "queue_assess"},
+    {"name": S.FATAL, "on_enter": "give_up", "final": True},
+    {"name": S.STOPPED, "on_enter": "halt", "final": True},
+]
+
+
+def _has_catch_all(rows: list[dict[str, Any]], state: State, trigger: str) -> bool:
+    for row in rows:
+        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
+        if row["trigger"] == trigger and state in sources and "conditions" not in row:
+            return True
+    return False
+
+
+def build_rows() -> list[dict[str, Any]]:
+    """The full table: :data:`TRANSITIONS` plus an explicit ``ignore`` row for every
+    (state, trigger) pair that has no unguarded row, so that no trigger is ever a silent no-op."""
+    rows = list(TRANSITIONS)
+    for state in State:
+        for trigger in TRIGGERS:
+            if not _has_catch_all(rows, state, trigger):
+                rows.append({"trigger": trigger, "source": state, "dest": None, "after": "ignore"})
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """Why the machine gave up."""
+
+    reason: str
+    close_code: int | None
+    retryable: bool
+
+
+_INBOUND = (
+    ev.HelloReceived,
+    ev.ReadyReceived,
+    ev.ResumedReceived,
+    ev.HeartbeatAcked,
+    ev.HeartbeatRequested,
+    ev.ReconnectRequested,
+    ev.InvalidSessionReceived,
+    ev.FrameRejected,
+)
+
+_SOCKET_TIMERS = (Timer.HEARTBEAT, Timer.ACK_DEADLINE, Timer.ATTEMPT_DEADLINE)
+
+
+class ConnectionMachine:
+    """The sans-I/O connection machine. Feed it events with :meth:`handle`; do what it returns.
+
+    The caller's obligations: stamp every event with a monotonic time; call :meth:`handle`
+    from one thread, one event at a time; carry out every returned command in order; report
+    the outcome of OpenSocket and SendHeartbeat as events. ``rng`` decides jitter (inject a
+    seeded one in tests); secrets never enter the machine.
+    """
+
+    # Set by transitions.Machine on the model.
+    state: State
+    trigger: Callable[..., bool]
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        *,
+        rng: random.Random | None = None,
+        logger: Any = None,
+    ) -> None:
+        self.policy = policy if policy is not None else Policy()
+        self._rng = rng if rng is not None else random.Random()
+        self._log = logger if logger is not None else structlog.get_logger("qqconn")
+        # The session.
+        self.session_id: str | None = None
+        self.last_seq: int | None = None
+        # The counters of behaviour.md.
+        self.quick_drops = 0
+        self.failed_attempts = 0
+        self.resume_failures = 0
+        self.auth_failures = 0
+        # The current attempt (one socket each).
+        self.attempt = 0
+        self.attempt_open = False
+        self.opened_at: float | None = None
+        self.reached_session = False
+        self.sent_resume = False
+        self.refresh_token = False
+        # Heartbeats on the current socket.
+        self.heartbeat_interval_s: float | None = None
+        self.awaiting_ack = False
+        self.beat_sent_at: float | None = None
+        self.acks = 0
+        self.last_ack_latency_s: float | None = None
+        self.send_failures = 0
+        self.last_frame_at: float | None = None
+        # Bookkeeping for the next wait and the end.
+        self.last_ending: Ending | None = None
+        self.fatal: Fatal | None = None
+        self.next_delay_s: float | None = None
+        self.now = 0.0
+        self._out: list[cmd.Command] = []
+        self._trigger_name = ""
+        self._machine = Machine(
+            model=self,
+            states=STATES,
+            transitions=build_rows(),
+            initial=S.CONNECTING,
+            auto_transitions=False,
+            send_event=True,
+            queued=True,
+            after_state_change="announce",
+        )
+
+    # -- the one entry point ---------------------------------------------------------------
+
+    def handle(self, event: ev.Event) -> list[cmd.Command]:
+        """Feed one event; return the commands to carry out, in order.
+
+        Raises :class:`LocalProtocolError` (state unchanged) for host misuse, such as starting
+        twice. Events of an attempt that is not the current open one are dropped.
+        """
+        self.now = event.at
+        if isinstance(event, ev.DispatchReceived):
+            return self._on_dispatch(event)
+        if not self._is_current(event):
+            self._log.debug("qqconn.stale_event", kind=type(event).__name__, state=self.state.name)
+            return []
+        if isinstance(event, _INBOUND):
+            self.last_frame_at = event.at
+        trigger, kwargs = self._route(event)
+        self._out = []
+        self._trigger_name = trigger
+        self.trigger(trigger, **kwargs)
+        out, self._out = self._out, []
+        return out
+
+    def _is_current(self, event: ev.Event) -> bool:
+        attempt = getattr(event, "attempt", None)
+        if attempt is None:
+            return True  # Started, StopRequested
+        if attempt != self.attempt:
+            return False
+        if isinstance(event, ev.TimerFired) and event.timer is Timer.BACKOFF:
+            return True
+        return self.attempt_open
+
+    def _route(self, event: ev.Event) -> tuple[str, dict[str, Any]]:
+        """Name the trigger an event fires. Endings are classified by policy, not decided here."""
+        match event:
+            case ev.Started():
+                return "start", {}
+            case ev.StopRequested():
+                return "stop", {}
+            case ev.SocketOpened():
+                return "socket_opened", {}
+            case ev.HelloReceived(interval_ms=raw):
+                return "hello", {"interval_ms": raw}
+            case ev.ReadyReceived(session_id=sid, seq=seq):
+                return "ready", {"session_id": sid, "seq": seq}
+            case ev.ResumedReceived(seq=seq):
+                return "resumed", {"seq": seq}
+            case ev.HeartbeatAcked():
+                return "heartbeat_acked", {}
+            case ev.HeartbeatRequested():
+                return "heartbeat_requested", {}
+            case ev.HeartbeatSent():
+                return "heartbeat_sent", {}
+            case ev.HeartbeatSendFailed(detail=detail):
+                return "heartbeat_failed", {"detail": detail}
+            case ev.ReconnectRequested():
+                return "reconnect_requested", {}
+            case ev.FrameRejected(detail=detail):
+                return "frame_rejected", {"detail": detail}
+            case ev.SocketClosed(code=code, reason=reason):
+                return "connection_ended", {"ending": classify_close(code, reason)}
+            case ev.ConnectFailed(stage=stage, detail=detail):
+                ending = Ending(f"{stage} failed: {detail}", before_socket=True)
+                return "connection_ended", {"ending": ending}
+            case ev.InvalidSessionReceived(resumable=True):
+                ending = Ending("op 9 invalid session (resumable)", delay=Delay.INVALID_SESSION)
+                return "connection_ended", {"ending": ending}
+            case ev.InvalidSessionReceived():
+                ending = Ending("op 9 invalid session", session=Session.FORGET)
+                return "connection_ended", {"ending": ending}
+            case ev.TimerFired(timer=Timer.HEARTBEAT):
+                return "heartbeat_due", {}
+            case ev.TimerFired(timer=Timer.ACK_DEADLINE):
+                return "ack_due", {}
+            case ev.TimerFired(timer=Timer.BACKOFF):
+                return "backoff_elapsed", {}
+            case ev.TimerFired(timer=Timer.ATTEMPT_DEADLINE):
+                ending = Ending(
+                    f"no READY/RESUMED within {self.policy.connect_timeout_s:g} s",
+                    before_socket=self.opened_at is None,
+                )
+                return "connection_ended", {"ending": ending}
+        raise TypeError(f"not a qqconn event: {event!r}")  # pragma: no cover
+
+    # -- dispatch fast path ------------------------------------------------------------------
+
+    def _on_dispatch(self, event: ev.DispatchReceived) -> list[cmd.Command]:
+        if event.attempt != self.attempt or not self.attempt_open:
+            return []
+        self.last_frame_at = event.at
+        seq = event.seq
+        if seq is None:
+            return [cmd.DeliverDispatch(None)]
+        last = self.last_seq
+        if last is not None and seq <= last:
+            return [cmd.DropDispatch(seq, last)]
+        self.last_seq = seq
+        return [cmd.DeliverDispatch(seq)]
+
+    # -- guards ----------------------------------------------------------------------------
+
+    def not_started(self, _: Any) -> bool:
+        """Has the machine never been started?"""
+        return self.attempt == 0
+
+    def ack_overdue(self, _: Any) -> bool:
+        """Was the last heartbeat never acknowledged?"""
+        return self.awaiting_ack
+
+    def frames_stale(self, _: Any) -> bool:
+        """Has no frame arrived for stale_after_intervals heartbeat intervals?"""
+        assert self.heartbeat_interval_s is not None and self.last_frame_at is not None
+        silent = self.now - self.last_frame_at
+        return silent >= self.policy.stale_after_intervals * self.heartbeat_interval_s
+
+    def send_failures_exhausted(self, _: Any) -> bool:
+        """Is this the max_heartbeat_send_failures-th failed heartbeat send in a row?"""
+        return self.send_failures + 1 >= self.policy.max_heartbeat_send_failures
+
+    def ending_is_fatal(self, event: Any) -> bool:
+        """Does this ending go straight to FATAL (a fatal code, or a second 4004 before READY)?"""
+        ending: Ending = event.kwargs["ending"]
+        return ending.fatal or (ending.auth_failure and self.auth_failures >= 1)
+
+    def is_quick_drop(self, event: Any) -> bool:
+        """Did a socket open and the connection end less than the threshold later?"""
+        ending: Ending = event.kwargs["ending"]
+        if not ending.counts_as_quick or self.opened_at is None:
+            return False
+        return self.now - self.opened_at < self.policy.quick_disconnect_threshold_s
+
+    def quick_drops_exhausted(self, _: Any) -> bool:
+        """Have max_quick_disconnects quick drops happened in a row?"""
+        return self.quick_drops >= self.policy.max_quick_disconnects
+
+    def attempts_exhausted(self, _: Any) -> bool:
+        """Have max_reconnect_attempts attempts failed in a row?"""
+        return self.failed_attempts >= self.policy.max_reconnect_attempts
+
+    # -- actions: attempts -----------------------------------------------------------------
+
+    def begin_attempt(self, _: Any) -> None:
+        self.attempt += 1
+        self.attempt_open = True
+        self.opened_at = None
+        self.reached_session = False
+        self.sent_resume = False
+        self.heartbeat_interval_s = None
+        self.awaiting_ack = False
+        self.send_failures = 0
+        self.acks = 0
+        refresh, self.refresh_token = self.refresh_token, False
+        self._out.append(cmd.OpenSocket(self.attempt, refresh_token=refresh))
+        self._out.append(
+            cmd.StartTimer(Timer.ATTEMPT_DEADLINE, self.policy.connect_timeout_s, self.attempt)
+        )
+
+    def note_socket_opened(self, _: Any) -> None:
+        self.opened_at = self.now
+        self.last_frame_at = self.now
+
+    def greet(self, event: Any) -> None:
+        raw = event.kwargs["interval_ms"]
+        interval, defaulted = self.policy.heartbeat_interval(raw)
+        if defaulted:
+            self._log.warning(
+                "qqconn.hello_interval_replaced", received=repr(raw)[:40], used_s=interval
+            )
+        self.heartbeat_interval_s = interval
+        self._out.append(cmd.StartTimer(Timer.HEARTBEAT, interval, self.attempt))
+        if self.session_id is not None:
+            self.sent_resume = True
+            self._out.append(cmd.SendResume(self.attempt, self.session_id, self.last_seq))
+        else:
+            self._out.append(cmd.SendIdentify(self.attempt))
+
+    def adopt_session(self, event: Any) -> None:
+        self.session_id = event.kwargs["session_id"]
+        self.last_seq = event.kwargs["seq"]
+        self._session_reached()
+
+    def keep_session(self, event: Any) -> None:
+        seq = event.kwargs["seq"]
+        if seq is not None and (self.last_seq is None or seq > self.last_seq):
+            self.last_seq = seq
+        self._session_reached()
+
+    def _session_reached(self) -> None:
+        self.reached_session = True
+        self.failed_attempts = 0
+        self.resume_failures = 0
+        self.auth_failures = 0
+        self._out.append(cmd.CancelTimer(Timer.ATTEMPT_DEADLINE))
+
+    # -- actions: heartbeats ---------------------------------------------------------------
+
+    def beat(self, _: Any) -> None:
+        assert self.heartbeat_interval_s is not None
+        self._out.append(cmd.StartTimer(Timer.HEARTBEAT, self.heartbeat_interval_s, self.attempt))
+        self.beat_now(_)
+
+    def beat_now(self, _: Any) -> None:
+        assert self.heartbeat_interval_s is not None
+        self.awaiting_ack = True
+        self.beat_sent_at = self.now
+        self._out.append(cmd.SendHeartbeat(self.attempt, self.last_seq))
+        deadline = self.heartbeat_interval_s * self.policy.heartbeat_ack_timeout_ratio
+        self._out.append(cmd.StartTimer(Timer.ACK_DEADLINE, deadline, self.attempt))
+
+    def note_ack(self, _: Any) -> None:
+        if not self.awaiting_ack:
+            self._log.debug("qqconn.unsolicited_ack")
+            return
+        self.awaiting_ack = False
+        self.acks += 1
+        assert self.beat_sent_at is not None
+        self.last_ack_latency_s = self.now - self.beat_sent_at
+        self._out.append(cmd.CancelTimer(Timer.ACK_DEADLINE))
+        if self.acks % self.policy.heartbeat_log_every == 0:
+            self._log.info(
+                "qqconn.heartbeat",
+                acked=self.acks,
+                last_seq=self.last_seq,
+                latency_ms=round(self.last_ack_latency_s * 1000, 1),
+                state=self.state.name,
+            )
+
+    def note_beat_sent(self, _: Any) -> None:
+        self.send_failures = 0
+
+    def note_beat_failed(self, event: Any) -> None:
+        self.send_failures += 1
+        self._log.warning(
+            "qqconn.heartbeat_send_failed",
+            failures=self.send_failures,
+            detail=str(event.kwargs.get("detail", ""))[:200],
+        )
+
+    def note_rejected(self, event: Any) -> None:
+        # The driver logged the frame (shortened); the machine records that it was ignored.
+        self._log.debug("qqconn.frame_ignored", detail=str(event.kwargs.get("detail", ""))[:200])
+
+    # -- actions: deciding that a connection is over ----------------------------------------
+
+    def _end(self, ending: Ending) -> None:
+        self.trigger("connection_ended", ending=ending)
+
+    def end_zombie(self, _: Any) -> None:
+        self._end(Ending("zombie: heartbeat not acknowledged", RECONNECT_CLOSE_CODE))
+
+    def end_stale(self, _: Any) -> None:
+        assert self.heartbeat_interval_s is not None
+        silent = self.policy.stale_after_intervals * self.heartbeat_interval_s
+        self._end(Ending(f"stale: no frame for {silent:g} s", RECONNECT_CLOSE_CODE))
+
+    def end_send_failures(self, _: Any) -> None:
+        self.send_failures += 1
+        self._end(Ending(f"{self.send_failures} heartbeat sends failed in a row"))
+
+    def end_op7(self, _: Any) -> None:
+        self._end(
+            Ending("op 7 reconnect requested", RECONNECT_CLOSE_CODE, delay=Delay.NOW,
+                   counts_as_quick=False)
+        )
+
+    def end_op7_early(self, _: Any) -> None:
+        # Op 7 before READY/RESUMED: this attempt failed to reach a session. Counting it keeps
+        # a server that answers every Hello with op 7 from looping us at full speed.
+        self._end(Ending("op 7 before READY/RESUMED", RECONNECT_CLOSE_CODE, counts_as_quick=False))
+
+    def _close_current(self, code: int, reason: str) -> None:
+        if self.attempt_open:
+            self.attempt_open = False
+            self._out.append(cmd.CancelTimer(Timer.ATTEMPT_DEADLINE))
+            self._out.append(cmd.CloseSocket(self.attempt, code, reason[:120]))
+
+    def count_ending(self, event: Any) -> None:
+        """Apply behaviour.md's counter rules to a connection that ended (not fatally)."""
+        ending: Ending = event.kwargs["ending"]
+        self.last_ending = ending
+        if ending.counts_as_quick and self.opened_at is not None:
+            lived = self.now - self.opened_at
+            if lived < self.policy.quick_disconnect_threshold_s:
+                self.quick_drops += 1
+            else:
+                self.quick_drops = 0
+        if not self.reached_session or ending.always_consumes_attempt:
+            self.failed_attempts += 1
+        if self.sent_resume and not self.reached_session:
+            self.resume_failures += 1
+        if ending.auth_failure:
+            self.auth_failures += 1
+            self.refresh_token = True
+        forget = ending.session is Session.FORGET or (
+            self.resume_failures >= self.policy.max_resume_failures
+        )
+        if forget and self.session_id is not None:
+            self.session_id = None
+            self.resume_failures = 0
+            self._log.info("qqconn.session_forgotten", reason=ending.reason)
+        self._close_current(RECONNECT_CLOSE_CODE, ending.reason)
+        expected = ending.delay in (Delay.NOW, Delay.ROTATION)
+        (self._log.info if expected else self._log.warning)(
+            "qqconn.connection_ended",
+            reason=ending.reason,
+            close_code=ending.close_code,
+            lived_s=None if self.opened_at is None else round(self.now - self.opened_at, 3),
+            quick_drops=self.quick_drops,
+            failed_attempts=self.failed_attempts,
+        )
+
+    # -- actions: QUICK_DROPPED and BACKOFF ---------------------------------------------------
+
+    def queue_assess(self, _: Any) -> None:
+        self.trigger("assess")
+
+    def wait_before_attempt(self, _: Any) -> None:
+        ending = self.last_ending
+        delay_kind = ending.delay if ending is not None else Delay.BACKOFF
+        p = self.policy
+        if delay_kind is Delay.NOW:
+            delay = 0.0
+        elif delay_kind is Delay.ROTATION:
+            delay = self._rng.uniform(*p.rotation_delay_s)
+        elif delay_kind is Delay.RATE_LIMIT:
+            delay = p.rate_limit_wait_s
+        elif delay_kind is Delay.INVALID_SESSION:
+            delay = self._rng.uniform(*p.invalid_session_delay_s)
+        else:
+            delay = backoff_delay(p, self.failed_attempts, self._rng)
+        self.next_delay_s = delay
+        self._out.append(cmd.StartTimer(Timer.BACKOFF, delay, self.attempt))
+
+    # -- actions: the terminal states --------------------------------------------------------
+
+    def record_fatal_ending(self, event: Any) -> None:
+        ending: Ending = event.kwargs["ending"]
+        self.last_ending = ending
+        if ending.fatal:
+            self.fatal = Fatal(ending.reason, ending.close_code, retryable=False)
+        else:
+            self.fatal = Fatal(
+                "authentication failed again after a token refresh (close 4004)",
+                ending.close_code,
+                retryable=False,
+            )
+
+    def record_quick_fatal(self, _: Any) -> None:
+        last = self.last_ending
+        self.fatal = Fatal(
+            f"{self.quick_drops} connections in a row ended within "
+            f"{self.policy.quick_disconnect_threshold_s:g} s of opening"
+            + (f" (last: {last.reason})" if last else ""),
+            last.close_code if last else None,
+            retryable=True,
+        )
+
+    def record_attempts_fatal(self, _: Any) -> None:
+        last = self.last_ending
+        self.fatal = Fatal(
+            f"{self.failed_attempts} connection attempts in a row failed"
+            + (f" (last: {last.reason})" if last else ""),
+            last.close_code if last else None,
+            retryable=True,
+        )
+
+    def give_up(self, _: Any) -> None:
+        assert self.fatal is not None
+        self._close_current(1000, "qqconn: giving up")
+        self._cancel_all_timers()
+        f = self.fatal
+        self._log.error(
+            "qqconn.fatal", reason=f.reason, close_code=f.close_code, retryable=f.retryable
+        )
+        self._out.append(cmd.NotifyFatal(f.reason, f.close_code, f.retryable))
+        self._out.append(cmd.Finish())
+
+    def halt(self, _: Any) -> None:
+        self._close_current(1000, "qqconn: stopping")
+        self._cancel_all_timers()
+        self._out.append(cmd.Finish())
+
+    def _cancel_all_timers(self) -> None:
+        self._out.extend(cmd.CancelTimer(t) for t in Timer)
+
+    # -- actions: logging and refusals ---------------------------------------------------------
+
+    def announce(self, event: Any) -> None:
+        src = event.transition.source
+        if event.transition.dest is None:
+            return
+        previous = src.name if isinstance(src, State) else str(src)  # transitions keeps names
+        ending = event.kwargs.get("ending")
+        self._log.info(
+            "qqconn.transition",
+            **{"from": previous, "to": self.state.name, "trigger": event.event.name},
+            reason=ending.reason if ending is not None else None,
+            quick_drops=self.quick_drops,
+            failed_attempts=self.failed_attempts,
+            attempt=self.attempt,
+        )
+        self._out.append(cmd.AnnounceState(self.state.value, previous, event.event.name))
+
+    def ignore(self, event: Any) -> None:
+        self._log.debug("qqconn.ignored", trigger=event.event.name, state=self.state.name)
+
+    def ignore_unexpected(self, event: Any) -> None:
+        self._log.warning(
+            "qqconn.unexpected_frame", trigger=event.event.name, state=self.state.name
+        )
+
+    def refuse_start(self, event: Any) -> None:
+        raise LocalProtocolError(
+            "the machine was already started", state=self.state.name, event="Started"
+        )
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def is_terminal(self) -> bool:
+        """Is the machine in FATAL or STOPPED?"""
+        return self.state in (S.FATAL, S.STOPPED)
+
+    def counters(self) -> dict[str, Any]:
+        """The counters and session facts, for logs, status and the state file (no secrets)."""
+        return {
+            "state": self.state.value,
+            "session_id": self.session_id,
+            "last_seq": self.last_seq,
+            "reconnect_attempts": self.failed_attempts,
+            "quick_disconnects": self.quick_drops,
+            "resume_failures": self.resume_failures,
+            "attempt": self.attempt,
+            "heartbeat_interval_s": self.heartbeat_interval_s,
+            "last_ack_latency_s": self.last_ack_latency_s,
+        }

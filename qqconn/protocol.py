@@ -1,0 +1,299 @@
+"""The QQ gateway wire format: opcodes, outbound payloads, and inbound frame parsing.
+
+Pure functions over JSON text; no I/O. The facts come from ``shared/qq-protocol.md``:
+the envelope is ``{"op", "d", "s", "t", "id"}``, Hello carries the heartbeat interval in
+milliseconds, RESUMED carries ``d: ""``, op 9 carries a boolean "can resume".
+
+Parsing is strict about what qqconn relies on and lenient about everything else: a frame
+qqconn cannot use raises :class:`~qqconn.errors.RemoteProtocolError` with the frame shortened,
+so the caller can log it; unknown top-level keys are ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from qqconn.errors import RemoteProtocolError
+
+__all__ = [
+    "Dispatch",
+    "Heartbeat",
+    "HeartbeatAck",
+    "Hello",
+    "Inbound",
+    "Intents",
+    "InvalidSession",
+    "OpCode",
+    "Ready",
+    "Reconnect",
+    "Resumed",
+    "heartbeat_payload",
+    "identify_payload",
+    "parse_frame",
+    "parse_gateway_response",
+    "parse_token_response",
+    "resume_payload",
+    "shorten",
+]
+
+
+class OpCode(enum.IntEnum):
+    """Gateway opcodes (QQ reuses Discord's numbering)."""
+
+    DISPATCH = 0
+    HEARTBEAT = 1
+    IDENTIFY = 2
+    RESUME = 6
+    RECONNECT = 7
+    INVALID_SESSION = 9
+    HELLO = 10
+    HEARTBEAT_ACK = 11
+
+
+class Intents(enum.IntFlag):
+    """Intent bits of the QQ gateway (``qq-protocol.md`` §4)."""
+
+    GUILDS = 1 << 0
+    GUILD_MEMBERS = 1 << 1
+    GUILD_MESSAGES = 1 << 9
+    GUILD_MESSAGE_REACTIONS = 1 << 10
+    DIRECT_MESSAGE = 1 << 12
+    OPEN_FORUMS_EVENT = 1 << 18
+    AUDIO_OR_LIVE_CHANNEL_MEMBER = 1 << 19
+    ENTER_AIO = 1 << 23
+    GROUP_MEMBERS = 1 << 24
+    GROUP_AND_C2C_EVENT = 1 << 25
+    INTERACTION = 1 << 26
+    MESSAGE_AUDIT = 1 << 27
+    FORUMS_EVENT = 1 << 28
+    AUDIO_ACTION = 1 << 29
+    PUBLIC_GUILD_MESSAGES = 1 << 30
+
+    @classmethod
+    def parse(cls, text: str) -> int:
+        """Parse ``"GUILDS|PUBLIC_GUILD_MESSAGES"``, ``"GUILDS,DIRECT_MESSAGE"`` or ``"1073741825"``."""
+        text = text.strip()
+        if not text:
+            raise ValueError("intents: empty")
+        if text.isdigit():
+            value = int(text)
+            if value <= 0 or value >= 1 << 31:
+                raise ValueError(f"intents: {value} is not a valid intent mask")
+            return value
+        value = 0
+        for part in text.replace(",", "|").split("|"):
+            name = part.strip().upper()
+            if name not in cls.__members__:
+                raise ValueError(f"intents: unknown intent name {part.strip()!r}")
+            value |= cls.__members__[name].value
+        return value
+
+
+# -- outbound ----------------------------------------------------------------------------
+
+
+def identify_payload(
+    token: str, intents: int, shard: tuple[int, int], properties: dict[str, str] | None = None
+) -> str:
+    """Op 2 Identify. ``token`` is the bare access token; the ``QQBot`` prefix is added here."""
+    d: dict[str, Any] = {
+        "token": f"QQBot {token}",
+        "intents": intents,
+        "shard": [shard[0], shard[1]],
+        "properties": properties if properties is not None else {"$os": "linux", "$sdk": "qqconn"},
+    }
+    return json.dumps({"op": OpCode.IDENTIFY.value, "d": d}, separators=(",", ":"))
+
+
+def resume_payload(token: str, session_id: str, seq: int | None) -> str:
+    """Op 6 Resume, on a new socket after its Hello. Uses the prefixed token (qq-protocol §1.4)."""
+    d = {"token": f"QQBot {token}", "session_id": session_id, "seq": seq if seq is not None else 0}
+    return json.dumps({"op": OpCode.RESUME.value, "d": d}, separators=(",", ":"))
+
+
+def heartbeat_payload(seq: int | None) -> str:
+    """Op 1 Heartbeat: ``d`` is the last ``s`` received, ``null`` before any."""
+    return json.dumps({"op": OpCode.HEARTBEAT.value, "d": seq}, separators=(",", ":"))
+
+
+# -- inbound -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Op 10. ``interval_ms`` is the raw value; the machine validates it."""
+
+    interval_ms: object
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Op 0 ``t=READY``: the session to keep for Resume."""
+
+    session_id: str
+    seq: int | None
+    data: dict[str, Any]
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Op 0 ``t=RESUMED`` (``d`` is ``""``)."""
+
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Op 0 with any other ``t``. ``seq`` is None when the frame carried no usable ``s``."""
+
+    seq: int | None
+    type: str
+    data: Any
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    """Op 11."""
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Op 1 sent by the server: asks for a heartbeat now (Discord semantics; never observed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Op 7: the server asks the client to reconnect."""
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidSession:
+    """Op 9. ``resumable`` is ``d`` when it is the boolean ``true``; anything else means no."""
+
+    resumable: bool
+
+
+Inbound = Hello | Ready | Resumed | Dispatch | HeartbeatAck | Heartbeat | Reconnect | InvalidSession
+
+SHORTEN_AT = 200
+
+
+def shorten(frame: str | bytes, limit: int = SHORTEN_AT) -> str:
+    """Return a printable prefix of ``frame`` for logs: at most ``limit`` characters."""
+    text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…(+{len(text) - limit} chars)"
+
+
+def _seq(value: object) -> int | None:
+    # bool is an int subclass; a JSON true is not a sequence number.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def parse_frame(frame: str | bytes) -> Inbound:
+    """Parse one inbound WebSocket message into a typed frame.
+
+    Raises :class:`RemoteProtocolError` (with the frame shortened) for binary frames, non-JSON
+    text, a non-object, a missing or non-integer ``op``, an unknown op, or a payload of the wrong
+    shape for its op. A dispatch whose ``s`` is missing or not a non-negative integer is still
+    returned, with ``seq=None``, so its data is not lost.
+    """
+    if isinstance(frame, bytes):
+        raise RemoteProtocolError(f"binary frame ({len(frame)} bytes): {shorten(frame)}")
+    try:
+        msg = json.loads(frame)
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"not JSON ({exc.__class__.__name__}): {shorten(frame)}") from None
+    if not isinstance(msg, dict):
+        raise RemoteProtocolError(f"not a JSON object: {shorten(frame)}")
+    op = msg.get("op")
+    if op == 0 and not isinstance(op, bool):
+        return _parse_dispatch(msg, frame)
+    if not isinstance(op, int) or isinstance(op, bool):
+        raise RemoteProtocolError(f"missing or non-integer op: {shorten(frame)}")
+    if op == OpCode.HEARTBEAT_ACK:
+        return HeartbeatAck()
+    if op == OpCode.HELLO:
+        d = msg.get("d")
+        return Hello(interval_ms=d.get("heartbeat_interval") if isinstance(d, dict) else None)
+    if op == OpCode.RECONNECT:
+        return Reconnect()
+    if op == OpCode.INVALID_SESSION:
+        return InvalidSession(resumable=msg.get("d") is True)
+    if op == OpCode.HEARTBEAT:
+        return Heartbeat()
+    raise RemoteProtocolError(f"unknown op {op}: {shorten(frame)}")
+
+
+def _parse_dispatch(msg: dict[str, Any], frame: str) -> Inbound:
+    t = msg.get("t")
+    seq = _seq(msg.get("s"))
+    d = msg.get("d")
+    event_id = msg.get("id")
+    if not isinstance(event_id, str):
+        event_id = None
+    if t == "READY":
+        if not isinstance(d, dict) or not isinstance(d.get("session_id"), str) or not d["session_id"]:
+            raise RemoteProtocolError(f"READY without a session_id: {shorten(frame)}")
+        return Ready(session_id=d["session_id"], seq=seq, data=d, event_id=event_id)
+    if t == "RESUMED":
+        return Resumed(seq=seq)
+    if not isinstance(t, str) or not t:
+        raise RemoteProtocolError(f"dispatch without an event type: {shorten(frame)}")
+    return Dispatch(seq=seq, type=t, data=d, event_id=event_id)
+
+
+# -- REST responses ----------------------------------------------------------------------
+
+
+def parse_token_response(status: int, body: bytes) -> tuple[str, float]:
+    """Parse ``getAppAccessToken``'s answer into ``(access_token, expires_in_s)``.
+
+    ``expires_in`` may be a string (the docs' example) or a number. Errors arrive as HTTP 200
+    bodies with ``code``/``message`` and no token. The error text never includes the token.
+    """
+    if status != 200:
+        raise RemoteProtocolError(f"token endpoint answered HTTP {status}")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise RemoteProtocolError(f"token endpoint answered non-JSON: {shorten(body, 80)}") from None
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError("token endpoint answered a non-object")
+    token = doc.get("access_token")
+    if not isinstance(token, str) or not token:
+        code = doc.get("code")
+        message = doc.get("message")
+        raise RemoteProtocolError(
+            f"token endpoint refused: code={code!r} message={shorten(str(message), 80)!r}"
+        )
+    raw = doc.get("expires_in")
+    try:
+        expires_in = float(raw) if isinstance(raw, (int, float, str)) and raw is not True else -1.0
+    except ValueError:
+        expires_in = -1.0
+    if not expires_in > 0 or expires_in != expires_in or expires_in > 10 * 86400:
+        raise RemoteProtocolError(f"token endpoint gave an unusable expires_in: {raw!r}")
+    return token, expires_in
+
+
+def parse_gateway_response(status: int, body: bytes) -> str:
+    """Parse ``GET /gateway`` or ``/gateway/bot`` into the WebSocket URL."""
+    if status != 200:
+        raise RemoteProtocolError(f"gateway endpoint answered HTTP {status}: {shorten(body, 80)}")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise RemoteProtocolError(f"gateway endpoint answered non-JSON: {shorten(body, 80)}") from None
+    url = doc.get("url") if isinstance(doc, dict) else None
+    if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+        raise RemoteProtocolError(f"gateway endpoint gave no ws(s) url: {shorten(body, 80)}")
+    return url
