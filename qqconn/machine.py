@@ -120,65 +120,76 @@ TRIGGERS = (
     "stop",
 )
 
-# The table. Rows of one (source, trigger) are tried in order; the first whose conditions all
-# hold fires. ``dest: None`` is an internal transition (no exit/enter). Guards are questions.
+
+def _row(
+    trigger: str,
+    source: State | list[State],
+    dest: State | None,
+    *,
+    when: str | None = None,
+    before: str | None = None,
+    then: str | None = None,
+) -> dict[str, Any]:
+    """One row: on ``trigger`` in ``source``, if guard ``when`` holds, go to ``dest`` (None:
+    stay, an internal transition) running ``before`` ahead of the change and ``then`` after it."""
+    row: dict[str, Any] = {"trigger": trigger, "source": source, "dest": dest}
+    if when is not None:
+        row["conditions"] = when
+    if before is not None:
+        row["before"] = before
+    if then is not None:
+        row["after"] = then
+    return row
+
+
+# The table. Rows of one (source, trigger) are tried in order; the first whose guard holds
+# fires. Guards are questions; actions only record facts and emit commands.
+# fmt: off
 TRANSITIONS: list[dict[str, Any]] = [
-    # -- starting --------------------------------------------------------------------------
-    {"trigger": "start", "source": S.CONNECTING, "dest": None, "conditions": "not_started",
-     "after": "begin_attempt"},
-    # -- CONNECTING -------------------------------------------------------------------------
-    {"trigger": "socket_opened", "source": S.CONNECTING, "dest": None, "after": "note_socket_opened"},
-    {"trigger": "hello", "source": S.CONNECTING, "dest": S.IDENTIFIED, "after": "greet"},
-    # -- IDENTIFIED -------------------------------------------------------------------------
-    {"trigger": "ready", "source": S.IDENTIFIED, "dest": S.ALIVE, "before": "adopt_session"},
-    {"trigger": "resumed", "source": S.IDENTIFIED, "dest": S.ALIVE, "before": "keep_session"},
-    # -- heartbeats (IDENTIFIED and ALIVE) -----------------------------------------------------
-    {"trigger": "heartbeat_due", "source": SOCKET_UP, "dest": None, "conditions": "ack_overdue",
-     "after": "end_zombie"},
-    {"trigger": "heartbeat_due", "source": SOCKET_UP, "dest": None, "conditions": "frames_stale",
-     "after": "end_stale"},
-    {"trigger": "heartbeat_due", "source": SOCKET_UP, "dest": None, "after": "beat"},
-    {"trigger": "ack_due", "source": SOCKET_UP, "dest": None, "conditions": "ack_overdue",
-     "after": "end_zombie"},
-    {"trigger": "heartbeat_acked", "source": SOCKET_UP, "dest": None, "after": "note_ack"},
-    {"trigger": "heartbeat_requested", "source": SOCKET_UP, "dest": None, "after": "beat_now"},
-    {"trigger": "heartbeat_sent", "source": SOCKET_UP, "dest": None, "after": "note_beat_sent"},
-    {"trigger": "heartbeat_failed", "source": SOCKET_UP, "dest": None,
-     "conditions": "send_failures_exhausted", "after": "end_send_failures"},
-    {"trigger": "heartbeat_failed", "source": SOCKET_UP, "dest": None, "after": "note_beat_failed"},
-    # -- op 7 ------------------------------------------------------------------------------
-    {"trigger": "reconnect_requested", "source": S.ALIVE, "dest": None, "after": "end_op7"},
-    {"trigger": "reconnect_requested", "source": [S.CONNECTING, S.IDENTIFIED], "dest": None,
-     "after": "end_op7_early"},
-    # -- bad frames --------------------------------------------------------------------------
-    {"trigger": "frame_rejected", "source": LIVE, "dest": None, "after": "note_rejected"},
-    # -- the end of a connection ----------------------------------------------------------------
-    {"trigger": "connection_ended", "source": LIVE, "dest": S.FATAL,
-     "conditions": "ending_is_fatal", "before": "record_fatal_ending"},
-    {"trigger": "connection_ended", "source": LIVE, "dest": S.QUICK_DROPPED,
-     "conditions": "is_quick_drop", "before": "count_ending"},
-    {"trigger": "connection_ended", "source": LIVE, "dest": S.BACKOFF, "before": "count_ending"},
-    # -- QUICK_DROPPED ---------------------------------------------------------------------
-    {"trigger": "assess", "source": S.QUICK_DROPPED, "dest": S.FATAL,
-     "conditions": "quick_drops_exhausted", "before": "record_quick_fatal"},
-    {"trigger": "assess", "source": S.QUICK_DROPPED, "dest": S.BACKOFF},
-    # -- BACKOFF ---------------------------------------------------------------------------
-    {"trigger": "assess", "source": S.BACKOFF, "dest": S.FATAL,
-     "conditions": "attempts_exhausted", "before": "record_attempts_fatal"},
-    {"trigger": "assess", "source": S.BACKOFF, "dest": None, "after": "wait_before_attempt"},
-    {"trigger": "backoff_elapsed", "source": S.BACKOFF, "dest": S.CONNECTING,
-     "after": "begin_attempt"},
-    # -- stopping --------------------------------------------------------------------------
-    {"trigger": "stop", "source": NOT_TERMINAL, "dest": S.STOPPED},
-    # -- protocol oddities: logged at WARNING, otherwise ignored -------------------------------
-    {"trigger": "hello", "source": SOCKET_UP, "dest": None, "after": "ignore_unexpected"},
-    {"trigger": "ready", "source": [S.CONNECTING, S.ALIVE], "dest": None,
-     "after": "ignore_unexpected"},
-    {"trigger": "resumed", "source": [S.CONNECTING, S.ALIVE], "dest": None,
-     "after": "ignore_unexpected"},
-    # -- misuse by the host ------------------------------------------------------------------
-    {"trigger": "start", "source": list(State), "dest": None, "after": "refuse_start"},
+    # -- starting ---------------------------------------------------------------------------------
+    _row("start", S.CONNECTING, None, when="not_started", then="begin_attempt"),
+    # -- CONNECTING -------------------------------------------------------------------------------
+    _row("socket_opened", S.CONNECTING, None, then="note_socket_opened"),
+    _row("hello", S.CONNECTING, S.IDENTIFIED, then="greet"),
+    # -- IDENTIFIED -------------------------------------------------------------------------------
+    _row("ready", S.IDENTIFIED, S.ALIVE, before="adopt_session"),
+    _row("resumed", S.IDENTIFIED, S.ALIVE, before="keep_session"),
+    # -- heartbeats, while a socket is up (IDENTIFIED, ALIVE) --------------------------------------
+    _row("heartbeat_due", SOCKET_UP, None, when="ack_overdue", then="end_zombie"),
+    _row("heartbeat_due", SOCKET_UP, None, when="frames_stale", then="end_stale"),
+    _row("heartbeat_due", SOCKET_UP, None, then="beat"),
+    _row("ack_due", SOCKET_UP, None, when="ack_overdue", then="end_zombie"),
+    _row("heartbeat_acked", SOCKET_UP, None, then="note_ack"),
+    _row("heartbeat_requested", SOCKET_UP, None, then="beat_now"),
+    _row("heartbeat_sent", SOCKET_UP, None, then="note_beat_sent"),
+    _row("heartbeat_failed", SOCKET_UP, None, when="send_failures_exhausted", then="end_send_failures"),
+    _row("heartbeat_failed", SOCKET_UP, None, then="note_beat_failed"),
+    # -- op 7 -------------------------------------------------------------------------------------
+    _row("reconnect_requested", S.ALIVE, None, then="end_op7"),
+    _row("reconnect_requested", [S.CONNECTING, S.IDENTIFIED], None, then="end_op7_early"),
+    # -- frames qqconn could not use --------------------------------------------------------------
+    _row("frame_rejected", LIVE, None, then="note_rejected"),
+    # -- the end of a connection, however it came -------------------------------------------------
+    _row("connection_ended", LIVE, S.FATAL, when="ending_is_fatal", before="record_fatal_ending"),
+    _row("connection_ended", LIVE, S.QUICK_DROPPED, when="is_quick_drop", before="count_ending"),
+    _row("connection_ended", LIVE, S.BACKOFF, before="count_ending"),
+    # -- QUICK_DROPPED ----------------------------------------------------------------------------
+    _row("assess", S.QUICK_DROPPED, S.FATAL, when="quick_drops_exhausted", before="record_quick_fatal"),
+    _row("assess", S.QUICK_DROPPED, S.BACKOFF),
+    # -- BACKOFF ----------------------------------------------------------------------------------
+    _row("assess", S.BACKOFF, S.FATAL, when="attempts_exhausted", before="record_attempts_fatal"),
+    _row("assess", S.BACKOFF, None, then="wait_before_attempt"),
+    _row("backoff_elapsed", S.BACKOFF, S.CONNECTING, then="begin_attempt"),
+    # -- stopping ---------------------------------------------------------------------------------
+    _row("stop", NOT_TERMINAL, S.STOPPED),
+    # -- protocol oddities: logged at WARNING, otherwise ignored ----------------------------------
+    _row("hello", SOCKET_UP, None, then="ignore_unexpected"),
+    _row("ready", [S.CONNECTING, S.ALIVE], None, then="ignore_unexpected"),
+    _row("resumed", [S.CONNECTING, S.ALIVE], None, then="ignore_unexpected"),
+    # -- misuse by the host: raises LocalProtocolError, state unchanged ----------------------------
+    _row("start", list(State), None, then="refuse_start"),
 ]
+# fmt: on
 
 STATES: list[dict[str, Any]] = [
     {"name": S.CONNECTING},
@@ -529,6 +540,10 @@ class ConnectionMachine:
         self.send_failures = 0
 
     def note_beat_failed(self, event: Any) -> None:
+        # A heartbeat that never left cannot be acknowledged: the send-failure count, not the
+        # zombie rule, judges this socket.
+        self.awaiting_ack = False
+        self._out.append(cmd.CancelTimer(Timer.ACK_DEADLINE))
         self.send_failures += 1
         self._log.warning(
             "qqconn.heartbeat_send_failed",
@@ -559,8 +574,12 @@ class ConnectionMachine:
 
     def end_op7(self, _: Any) -> None:
         self._end(
-            Ending("op 7 reconnect requested", RECONNECT_CLOSE_CODE, delay=Delay.NOW,
-                   counts_as_quick=False)
+            Ending(
+                "op 7 reconnect requested",
+                RECONNECT_CLOSE_CODE,
+                delay=Delay.NOW,
+                counts_as_quick=False,
+            )
         )
 
     def end_op7_early(self, _: Any) -> None:
