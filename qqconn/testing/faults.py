@@ -1,0 +1,132 @@
+"""Fault switches of the fake gateway: plain attributes a test flips at any time.
+
+Each attribute is read when it matters (at the next socket open, the next frame, the next
+tick of the 10 ms watchdog), so flipping one affects the connection already open. Mode strings
+are checked on assignment: a typo raises ``ValueError`` at once rather than being ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Final, Literal, get_args
+
+__all__ = [
+    "MISSING",
+    "NO_OVERRIDE",
+    "Faults",
+    "GatewayEndpointMode",
+    "ResumeMode",
+    "TokenEndpointMode",
+]
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+    def __reduce__(self) -> str:
+        return self._name
+
+
+#: ``faults.hello_interval = MISSING`` sends Hello with ``d`` lacking ``heartbeat_interval``.
+MISSING: Final[Any] = _Sentinel("MISSING")
+#: Default of ``faults.hello_interval``: announce the gateway's ``heartbeat_interval_ms``.
+NO_OVERRIDE: Final[Any] = _Sentinel("NO_OVERRIDE")
+
+TokenEndpointMode = Literal["ok", "http500", "error_body", "hang"]
+GatewayEndpointMode = Literal["ok", "http500", "hang"]
+ResumeMode = Literal["ok", "4006", "op9", "4902", "accept_then_close"]
+
+_MODES: Final[dict[str, tuple[str, ...]]] = {
+    "token_endpoint": get_args(TokenEndpointMode),
+    "gateway_endpoint": get_args(GatewayEndpointMode),
+    "resume": get_args(ResumeMode),
+}
+
+
+@dataclass
+class Faults:
+    """What the fake gateway does wrong. The defaults are a well-behaved gateway."""
+
+    #: Answer client heartbeats with op 11. False = zombie: dispatches still flow, no ACKs.
+    ack: bool = True
+    #: Total silence on every open socket: nothing is written (no Hello, ACK, dispatch, and
+    #: not even WebSocket pongs or close-frame replies: a half-open server). Incoming frames
+    #: are recorded but not acted on; dispatches are still buffered for a later Resume.
+    #: Sockets opened meanwhile complete the HTTP upgrade and then hear nothing. The explicit
+    #: fault actions (``send_raw``, ``close``, ``send_reconnect``, ``send_invalid_session``,
+    #: ``drop``) still go out: they are the test speaking.
+    silent: bool = False
+    #: ``heartbeat_interval`` for the Hello of new sockets: any JSON value (0, -1, "NaN",
+    #: 1e12, None for null), ``MISSING`` to omit the key, ``NO_OVERRIDE`` for the configured one.
+    hello_interval: Any = NO_OVERRIDE
+    #: Delay between the upgrade and Hello (lets a test send frames "before Hello").
+    hello_delay_s: float = 0.0
+    #: Drop (no close frame) a socket whose first frame arrives before Hello was sent; the
+    #: reported reaction of the real gateway to botgo-style early Identify (UNCERTAIN).
+    drop_early_frames: bool = False
+    #: ``POST /app/getAppAccessToken``: "ok", "http500", "error_body" (HTTP 200 with
+    #: ``code``/``message``), "hang" (never answers until the client gives up).
+    token_endpoint: TokenEndpointMode = "ok"
+    #: ``GET /gateway`` and ``/gateway/bot``: "ok", "http500", "hang".
+    gateway_endpoint: GatewayEndpointMode = "ok"
+    #: How Resume is refused. "ok": valid Resumes succeed, unknown sessions get 4006, a seq
+    #: ahead of the session gets 4007. Any other mode refuses every Resume that way: "4006",
+    #: "4902" ("reset by resume"), "op9" (op 9 ``false``, socket left open so the client can
+    #: Identify on it), "accept_then_close" (nothing sent, close 1000 at once).
+    resume: ResumeMode = "ok"
+    #: Close every Identify with this code (4914, 4004, 4013, ...). None = off.
+    identify_close: int | None = None
+    #: Intent mask the bot may use. An Identify asking for more gets op 9 ``false`` and then
+    #: a close with ``intents_close_code``. None = everything allowed.
+    allowed_intents: int | None = None
+    #: 4903 "create session error" (observed) or 4014 "disallowed intents" (documented).
+    intents_close_code: int = 4903
+    #: Accept the legacy Identify/Resume token forms ``"Bot <app_id>.<token>"`` and a bare
+    #: ``"<token>"`` besides ``"QQBot <token>"``.
+    legacy_tokens: bool = False
+    #: Close 4008 an Identify when ``session_start_remaining`` is 0 or when
+    #: ``max_concurrency`` Identifies already happened in the last 5 s.
+    enforce_session_limit: bool = False
+    #: Close 4009 "Session timed out" a socket that sent no heartbeat for this long (counted
+    #: from the socket's opening for the first one). None = off.
+    heartbeat_timeout_s: float | None = None
+    #: Rotate every identified/resumed socket this long after its Identify/Resume: op 7, then
+    #: close 4009 unless the client closed within ``reconnect_close_after_s``. None = off.
+    reconnect_every_s: float | None = None
+    reconnect_close_after_s: float = 0.2
+    #: Sockets still to be closed by :meth:`close_new_sockets` (counts down; 0 = off).
+    close_new_sockets_left: int = 0
+    close_new_sockets_after_s: float = 0.0
+    #: None = drop without a close frame.
+    close_new_sockets_code: int | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._check(name, value)
+        super().__setattr__(name, value)
+
+    @staticmethod
+    def _check(name: str, value: Any) -> None:
+        allowed = _MODES.get(name)
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"faults.{name}: {value!r} is not one of {', '.join(allowed)}")
+
+    def close_new_sockets(self, after_s: float, count: int, code: int | None = None) -> None:
+        """Close each of the next ``count`` new sockets ``after_s`` after it opens: with a close
+        frame carrying ``code``, or dropped without one when ``code`` is None. 0 turns it off."""
+        if after_s < 0 or count < 0:
+            raise ValueError("close_new_sockets: after_s and count must be >= 0")
+        self.close_new_sockets_after_s = after_s
+        self.close_new_sockets_code = code
+        self.close_new_sockets_left = count
+
+    def reset(self) -> None:
+        """Back to a well-behaved gateway."""
+        for f in fields(self):
+            if f.init:
+                setattr(self, f.name, f.default)
