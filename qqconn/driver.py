@@ -222,6 +222,13 @@ class ConnectionManager:
         self._pending: list[ev.Event] = []
         self.dispatches_delivered = 0
         self.dispatches_dropped = 0
+        # The checkpoint a restarted process resumes from: the session, and the last seq the
+        # host's callback finished with (never merely received), so no event can be skipped.
+        self._host_session: str | None = None
+        self._host_seq: int | None = None
+        self._last_write = float("-inf")
+        if self.state_file is not None:
+            self._load_state_file()
 
     def __repr__(self) -> str:
         return (
@@ -242,11 +249,21 @@ class ConnectionManager:
         return self._machine
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-able picture of the connection: state, session, counters, fatal. No secrets."""
+        """A JSON-able picture of the connection: state, session, counters, fatal. No secrets.
+
+        ``session_id`` and ``last_seq`` are the resume checkpoint: the session, and the last
+        ``s`` the host's ``on_dispatch`` has finished with. ``received_seq`` is the last ``s``
+        read from the socket.
+        """
         snap = self._machine.counters()
+        snap["received_seq"] = snap["last_seq"]
+        snap["session_id"] = self._host_session
+        snap["last_seq"] = self._host_seq
         snap["app_id"] = self.app_id
         snap["shard"] = list(self.shard)
-        snap["updated_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+        now = time.time()
+        snap["updated_at"] = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        snap["updated_at_unix"] = now
         fatal = self._machine.fatal
         snap["fatal"] = (
             None
@@ -294,6 +311,8 @@ class ConnectionManager:
                 await self._finished.wait()
                 await self._drain_host_queue()
                 self._host_task.cancel()
+                if self.state_file is not None:
+                    self._write_state_file(self.snapshot())
         finally:
             for _, handle in self._timers.values():
                 handle.cancel()
@@ -470,6 +489,7 @@ class ConnectionManager:
                     fh.write("\n")
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, self.state_file)
+                self._last_write = self._clock()
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -495,24 +515,72 @@ class ConnectionManager:
             item = await queue.get()
             try:
                 if isinstance(item, proto.Dispatch):
-                    if self._on_dispatch is not None:
-                        result = self._on_dispatch(item)
-                        if inspect.isawaitable(result):
-                            await result
-                    self.dispatches_delivered += 1
+                    await self._deliver(item)
                 elif self._on_state_change is not None:
                     result = self._on_state_change(item)
                     if inspect.isawaitable(result):
                         await result
-            except Exception:
-                self._log.exception(
-                    "qqconn.callback_failed",
-                    callback="on_dispatch"
-                    if isinstance(item, proto.Dispatch)
-                    else "on_state_change",
-                )
+            except Exception:  # a host callback's failure is logged, never raised
+                self._log.exception("qqconn.callback_failed", callback="on_state_change")
             finally:
                 queue.task_done()
+
+    async def _deliver(self, dispatch: proto.Dispatch) -> None:
+        try:
+            if self._on_dispatch is not None:
+                result = self._on_dispatch(dispatch)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception:  # the host had the event; its own bug is no reason to replay it
+            self._log.exception(
+                "qqconn.callback_failed", callback="on_dispatch", seq=dispatch.seq, t=dispatch.type
+            )
+        self.dispatches_delivered += 1
+        new_session = dispatch.type == "READY" and isinstance(dispatch.data, dict)
+        if new_session:
+            self._host_session = dispatch.data.get("session_id")
+        if dispatch.seq is not None:
+            self._host_seq = dispatch.seq
+        if self.state_file is not None and (new_session or self._clock() - self._last_write >= 1.0):
+            self._write_state_file(self.snapshot())
+
+    def _load_state_file(self) -> None:
+        """Resume the session an earlier process saved, if the file is recent and ours."""
+        assert self.state_file is not None
+        try:
+            doc = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self._log.warning(
+                "qqconn.state_file_ignored", reason=f"unreadable: {type(exc).__name__}"
+            )
+            return
+        reason = None
+        age = time.time() - doc.get("updated_at_unix", 0) if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            reason = "not a JSON object"
+        elif doc.get("app_id") != self.app_id or doc.get("shard") != list(self.shard):
+            reason = "written for another app id or shard"
+        elif not isinstance(doc.get("session_id"), str) or not doc["session_id"]:
+            reason = "no session to resume"
+        elif not isinstance(age, float) or not 0 <= age <= self.policy.resume_window_s:
+            reason = f"older than resume_window_s ({self.policy.resume_window_s:g} s)"
+        elif doc.get("state") == State.FATAL.value:
+            reason = "the earlier process ended in FATAL"
+        seq = doc.get("last_seq") if isinstance(doc, dict) else None
+        if (
+            reason is None
+            and seq is not None
+            and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0)
+        ):
+            reason = "last_seq is not a sequence number"
+        if reason is not None:
+            self._log.info("qqconn.state_file_ignored", reason=reason, path=str(self.state_file))
+            return
+        self._machine.restore_session(doc["session_id"], seq)
+        self._host_session, self._host_seq = doc["session_id"], seq
+        self._log.info("qqconn.session_restored", last_seq=seq, age_s=round(age or 0.0, 1))
 
     # -- one attempt -------------------------------------------------------------------------
 

@@ -733,6 +733,23 @@ class ConnectionMachine:
             "the machine was already started", state=self.state.name, event="Started"
         )
 
+    # -- restoring a session after a restart ----------------------------------------------
+
+    def restore_session(self, session_id: str, last_seq: int | None) -> None:
+        """Adopt a session saved by an earlier process, so the first attempt Resumes it.
+
+        Only before the machine is started (LocalProtocolError otherwise). If the server
+        refuses the Resume, the ordinary rules forget the session and Identify.
+        """
+        if self.attempt != 0 or self.state is not S.CONNECTING:
+            raise LocalProtocolError(
+                "a session can only be restored before start",
+                state=self.state.name,
+                event="restore_session",
+            )
+        self.session_id = session_id
+        self.last_seq = last_seq
+
     # -- reading -------------------------------------------------------------------------
 
     @property

@@ -94,6 +94,8 @@ class Policy:
     close_timeout_s: float = 2.0
     #: Largest inbound frame accepted (bytes); larger frames end the connection.
     max_frame_bytes: int = 4 * 1024 * 1024
+    #: A state file younger than this (same app id and shard) lets a restarted process Resume.
+    resume_window_s: float = 300.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -106,6 +108,7 @@ class Policy:
             "heartbeat_ack_timeout_ratio",
             "stale_after_intervals",
             "close_timeout_s",
+            "resume_window_s",
         ):
             _positive(name, getattr(self, name))
         for name in (
@@ -127,7 +130,9 @@ class Policy:
         _range("rotation_delay_s", self.rotation_delay_s)
         _range("invalid_session_delay_s", self.invalid_session_delay_s)
         if self.min_heartbeat_interval_s > self.max_heartbeat_interval_s:
-            raise ConfigError("min_heartbeat_interval_s", "must not exceed max_heartbeat_interval_s")
+            raise ConfigError(
+                "min_heartbeat_interval_s", "must not exceed max_heartbeat_interval_s"
+            )
         if not (
             self.min_heartbeat_interval_s
             <= self.default_heartbeat_interval_s
@@ -158,7 +163,10 @@ class Policy:
         """
         if isinstance(raw_ms, bool) or not isinstance(raw_ms, (int, float)):
             return self.default_heartbeat_interval_s, True
-        seconds = raw_ms / 1000.0
+        try:
+            seconds = raw_ms / 1000.0
+        except OverflowError:  # a JSON integer too large for a float (hostile Hello)
+            return self.default_heartbeat_interval_s, True
         if not math.isfinite(seconds) or not (
             self.min_heartbeat_interval_s <= seconds <= self.max_heartbeat_interval_s
         ):

@@ -1,0 +1,96 @@
+"""Restarts: the state file carries the session across processes, and only when it should."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from structlog.testing import capture_logs
+
+from qqconn import ConnectionManager, State
+from qqconn.protocol import Dispatch
+from qqconn.testing import FakeGateway
+from tests.test_driver import FAST, INTENTS
+
+
+def _manager(gw: FakeGateway, state_file: Path, got: list[Dispatch], **kw: Any) -> ConnectionManager:
+    return ConnectionManager(
+        app_id=kw.pop("app_id", gw.app_id),
+        client_secret="s3cret",
+        intents=INTENTS,
+        policy=kw.pop("policy", FAST),
+        api_base=gw.api_base,
+        token_url=gw.token_url,
+        on_dispatch=got.append,
+        state_file=state_file,
+        rng=random.Random(3),
+        **kw,
+    )
+
+
+async def _until(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_restart_resumes_and_replays_what_the_dead_process_missed(tmp_path: Path) -> None:
+    """A manager started with a fresh state file Resumes; the host gets every event exactly once."""
+    state_file = tmp_path / "state.json"
+    async with FakeGateway(heartbeat_interval_ms=300) as gw:
+        first: list[Dispatch] = []
+        mgr = _manager(gw, state_file, first)
+        task = asyncio.create_task(mgr.run())
+        await _until(lambda: mgr.state is State.ALIVE)
+        for i in range(20):
+            await gw.dispatch("C2C_MESSAGE_CREATE", {"n": i})
+        await _until(lambda: len(first) == 21)
+        await mgr.stop()
+        await task
+        doc = json.loads(state_file.read_text())
+        assert doc["session_id"] == gw.current_session_id and doc["last_seq"] == 21
+        for i in range(20, 30):  # sent while no process was connected
+            await gw.dispatch("C2C_MESSAGE_CREATE", {"n": i})
+        second: list[Dispatch] = []
+        mgr2 = _manager(gw, state_file, second)
+        task2 = asyncio.create_task(mgr2.run())
+        await _until(lambda: len(second) == 10)
+        await asyncio.sleep(0.2)
+        assert gw.identifies == 1 and gw.resumes == 1
+        seqs = [d.seq for d in first + second]
+        assert seqs == list(range(1, 32))  # READY (1), then 2..31, each once, in order
+        await mgr2.stop()
+        await task2
+
+
+async def test_old_or_foreign_state_file_is_ignored_with_a_log_line(tmp_path: Path) -> None:
+    """A state file older than resume_window_s, or of another app id, is ignored (Identify)."""
+    async with FakeGateway(heartbeat_interval_ms=300) as gw:
+        for name, patch in (("old", {"updated_at_unix": time.time() - 3600}), ("foreign", {"app_id": "999"})):
+            state_file = tmp_path / f"{name}.json"
+            doc = {"app_id": gw.app_id, "shard": [0, 1], "session_id": "gone", "last_seq": 5,
+                   "state": "alive", "updated_at_unix": time.time()}
+            doc.update(patch)
+            state_file.write_text(json.dumps(doc))
+            with capture_logs() as logs:
+                mgr = _manager(gw, state_file, [])
+            assert mgr.machine.session_id is None
+            assert [e["event"] for e in logs] == ["qqconn.state_file_ignored"]
+
+
+async def test_refused_resume_after_restart_falls_back_to_identify(tmp_path: Path) -> None:
+    """A restored session the server no longer knows (4006) is forgotten; Identify follows."""
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps({"app_id": "1000", "shard": [0, 1], "session_id": "expired",
+                                      "last_seq": 3, "state": "alive", "updated_at_unix": time.time()}))
+    async with FakeGateway(heartbeat_interval_ms=300) as gw:
+        mgr = _manager(gw, state_file, [])
+        task = asyncio.create_task(mgr.run())
+        await _until(lambda: mgr.state is State.ALIVE and gw.identifies == 1)
+        assert gw.connections[0].resume_count == 1
+        await mgr.stop()
+        await task
