@@ -2,46 +2,53 @@
 
 One declarative state machine (:mod:`qqconn.machine`) decides; one asyncio driver
 (:mod:`qqconn.driver`) observes sockets and obeys. See the README for the tour.
+
+Names are imported on first use, so that importing ``qqconn.testing`` (and the pytest
+plugin every test run loads) costs nothing until a test asks for qqconn.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from qqconn.errors import (
-    ConfigError,
-    FatalError,
-    LocalProtocolError,
-    QQConnError,
-    RemoteProtocolError,
-)
-from qqconn.machine import ConnectionMachine, State
-from qqconn.policy import Policy
-from qqconn.protocol import Intents
-
 if TYPE_CHECKING:
-    from qqconn.driver import ConnectionManager
+    from qqconn.driver import ConnectionManager, Secret, StateChange
+    from qqconn.errors import (
+        ConfigError,
+        FatalError,
+        LocalProtocolError,
+        QQConnError,
+        RemoteProtocolError,
+    )
+    from qqconn.machine import ConnectionMachine, State
+    from qqconn.policy import Policy
+    from qqconn.protocol import Dispatch, Intents
 
-__all__ = [
-    "ConfigError",
-    "ConnectionMachine",
-    "ConnectionManager",
-    "FatalError",
-    "Intents",
-    "LocalProtocolError",
-    "Policy",
-    "QQConnError",
-    "RemoteProtocolError",
-    "State",
-]
+_HOMES = {
+    "ConnectionManager": "qqconn.driver",
+    "Secret": "qqconn.driver",
+    "StateChange": "qqconn.driver",
+    "ConfigError": "qqconn.errors",
+    "FatalError": "qqconn.errors",
+    "LocalProtocolError": "qqconn.errors",
+    "QQConnError": "qqconn.errors",
+    "RemoteProtocolError": "qqconn.errors",
+    "ConnectionMachine": "qqconn.machine",
+    "State": "qqconn.machine",
+    "Policy": "qqconn.policy",
+    "Dispatch": "qqconn.protocol",
+    "Intents": "qqconn.protocol",
+}
 
+__all__ = sorted(_HOMES)
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # The driver pulls in websockets and httpx; import it only when it is asked for.
-    if name == "ConnectionManager":
-        from qqconn.driver import ConnectionManager
-
-        return ConnectionManager
-    raise AttributeError(f"module 'qqconn' has no attribute {name!r}")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'qqconn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

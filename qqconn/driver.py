@@ -659,6 +659,8 @@ class ConnectionManager:
                 except RemoteProtocolError as exc:
                     self._log.warning("qqconn.bad_frame", error=str(exc))
                     self._feed(ev.FrameRejected(n, now, str(exc)[:200]))
+                    if att.closing:
+                        return
                     continue
                 if type(frame) is proto.Dispatch:
                     out = machine.handle(ev.DispatchReceived(n, now, frame.seq))
@@ -673,6 +675,8 @@ class ConnectionManager:
                 self._feed(self._event_for(frame, n, now))
                 if type(frame) is proto.Ready:
                     put(proto.Dispatch(frame.seq, "READY", frame.data, frame.event_id))
+                if att.closing:  # the machine ended this attempt (op 7, op 9, ...): leave now
+                    return
         except ConnectionClosed as exc:
             if exc.rcvd is not None:
                 code, reason = exc.rcvd.code, exc.rcvd.reason

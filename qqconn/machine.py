@@ -114,6 +114,7 @@ TRIGGERS = (
     "heartbeat_failed",
     "frame_rejected",
     "reconnect_requested",
+    "attempt_deadline_passed",
     "connection_ended",
     "assess",
     "backoff_elapsed",
@@ -153,7 +154,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     _row("hello", S.CONNECTING, S.IDENTIFIED, then="greet"),
     # -- IDENTIFIED -------------------------------------------------------------------------------
     _row("ready", S.IDENTIFIED, S.ALIVE, before="adopt_session"),
-    _row("resumed", S.IDENTIFIED, S.ALIVE, before="keep_session"),
+    _row("resumed", S.IDENTIFIED, S.ALIVE, when="awaits_resumed", before="keep_session"),
+    _row("attempt_deadline_passed", [S.CONNECTING, S.IDENTIFIED], None, then="end_deadline"),
     # -- heartbeats, while a socket is up (IDENTIFIED, ALIVE) --------------------------------------
     _row("heartbeat_due", SOCKET_UP, None, when="ack_overdue", then="end_zombie"),
     _row("heartbeat_due", SOCKET_UP, None, when="frames_stale", then="end_stale"),
@@ -165,6 +167,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     _row("heartbeat_failed", SOCKET_UP, None, when="send_failures_exhausted", then="end_send_failures"),
     _row("heartbeat_failed", SOCKET_UP, None, then="note_beat_failed"),
     # -- op 7 -------------------------------------------------------------------------------------
+    _row("reconnect_requested", S.ALIVE, None, when="is_young", then="end_op7_young"),
     _row("reconnect_requested", S.ALIVE, None, then="end_op7"),
     _row("reconnect_requested", [S.CONNECTING, S.IDENTIFIED], None, then="end_op7_early"),
     # -- frames qqconn could not use --------------------------------------------------------------
@@ -185,7 +188,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     # -- protocol oddities: logged at WARNING, otherwise ignored ----------------------------------
     _row("hello", SOCKET_UP, None, then="ignore_unexpected"),
     _row("ready", [S.CONNECTING, S.ALIVE], None, then="ignore_unexpected"),
-    _row("resumed", [S.CONNECTING, S.ALIVE], None, then="ignore_unexpected"),
+    _row("resumed", LIVE, None, then="ignore_unexpected"),
     # -- misuse by the host: raises LocalProtocolError, state unchanged ----------------------------
     _row("start", list(State), None, then="refuse_start"),
 ]
@@ -241,7 +244,8 @@ _INBOUND = (
     ev.FrameRejected,
 )
 
-_SOCKET_TIMERS = (Timer.HEARTBEAT, Timer.ACK_DEADLINE, Timer.ATTEMPT_DEADLINE)
+#: Events only an opened socket can produce.
+_FROM_SOCKET = (*_INBOUND, ev.SocketClosed, ev.HeartbeatSent, ev.HeartbeatSendFailed)
 
 
 class ConnectionMachine:
@@ -339,6 +343,8 @@ class ConnectionMachine:
             return False
         if isinstance(event, ev.TimerFired) and event.timer is Timer.BACKOFF:
             return True
+        if isinstance(event, _FROM_SOCKET) and self.opened_at is None:
+            return False  # off contract: no socket of this attempt has opened
         return self.attempt_open
 
     def _route(self, event: ev.Event) -> tuple[str, dict[str, Any]]:
@@ -386,17 +392,13 @@ class ConnectionMachine:
             case ev.TimerFired(timer=Timer.BACKOFF):
                 return "backoff_elapsed", {}
             case ev.TimerFired(timer=Timer.ATTEMPT_DEADLINE):
-                ending = Ending(
-                    f"no READY/RESUMED within {self.policy.connect_timeout_s:g} s",
-                    before_socket=self.opened_at is None,
-                )
-                return "connection_ended", {"ending": ending}
+                return "attempt_deadline_passed", {}
         raise TypeError(f"not a qqconn event: {event!r}")  # pragma: no cover
 
     # -- dispatch fast path ------------------------------------------------------------------
 
     def _on_dispatch(self, event: ev.DispatchReceived) -> list[cmd.Command]:
-        if event.attempt != self.attempt or not self.attempt_open:
+        if event.attempt != self.attempt or not self.attempt_open or self.opened_at is None:
             return []
         self.last_frame_at = event.at
         seq = event.seq
@@ -413,6 +415,15 @@ class ConnectionMachine:
     def not_started(self, _: Any) -> bool:
         """Has the machine never been started?"""
         return self.attempt == 0
+
+    def awaits_resumed(self, _: Any) -> bool:
+        """Did this attempt send Resume, so that RESUMED answers it?"""
+        return self.sent_resume
+
+    def is_young(self, _: Any) -> bool:
+        """Has the socket been open for less than quick_disconnect_threshold_s?"""
+        assert self.opened_at is not None
+        return self.now - self.opened_at < self.policy.quick_disconnect_threshold_s
 
     def ack_overdue(self, _: Any) -> bool:
         """Was the last heartbeat never acknowledged?"""
@@ -572,6 +583,25 @@ class ConnectionMachine:
         self.send_failures += 1
         self._end(Ending(f"{self.send_failures} heartbeat sends failed in a row"))
 
+    def end_deadline(self, _: Any) -> None:
+        self._end(
+            Ending(
+                f"no READY/RESUMED within {self.policy.connect_timeout_s:g} s",
+                before_socket=self.opened_at is None,
+            )
+        )
+
+    def end_op7_young(self, _: Any) -> None:
+        # Not counted (behaviour.md), but not at once either: a server that answers every
+        # RESUMED with op 7 would otherwise have us reconnect in a tight loop.
+        self._end(
+            Ending(
+                "op 7 reconnect requested on a young connection",
+                RECONNECT_CLOSE_CODE,
+                counts_as_quick=False,
+            )
+        )
+
     def end_op7(self, _: Any) -> None:
         self._end(
             Ending(
@@ -730,7 +760,9 @@ class ConnectionMachine:
 
     def refuse_start(self, event: Any) -> None:
         raise LocalProtocolError(
-            "the machine was already started", state=self.state.name, event="Started"
+            "the machine can be started once, before anything else",
+            state=self.state.name,
+            event="Started",
         )
 
     # -- restoring a session after a restart ----------------------------------------------

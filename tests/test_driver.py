@@ -407,7 +407,9 @@ async def test_zombie_is_detected_and_resumed() -> None:
     async with running() as r:
         await r.until(lambda: r.mgr.machine.acks >= 2, timeout=5)
         r.gw.faults.ack = False
-        last_ack = max(f.at for f in r.gw.frames if f.direction == "out" and f.op == OpCode.HEARTBEAT_ACK)
+        last_ack = max(
+            f.at for f in r.gw.frames if f.direction == "out" and f.op == OpCode.HEARTBEAT_ACK
+        )
         await r.until(lambda: r.gw.connections[0].closed_at is not None, timeout=5)
         first = r.gw.connections[0]
         assert first.closed_at is not None
@@ -430,7 +432,9 @@ async def test_half_open_server_is_detected_and_resumed() -> None:
         await r.until_state(State.ALIVE)
 
 
-async def test_heartbeat_timer_unique_after_crash_and_ten_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_heartbeat_timer_unique_after_crash_and_ten_reconnects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A heartbeat that crashed once: after ten reconnects exactly one heartbeat timer exists
     and heartbeats keep their cadence."""
     import qqconn.protocol as proto
@@ -505,8 +509,16 @@ async def test_malformed_frames_are_logged_and_ignored() -> None:
     with capture_logs() as logs:
         async with running() as r:
             await r.until_state(State.ALIVE)
-            for raw in ("not json" * 100, b"\x00\x01binary", "[1,2]", '{"d":1}', '{"op":"7"}',
-                        '{"op":99}', '{"op":0,"t":"READY","d":{}}', '{"op":0,"s":"x","t":"X","d":1}'):
+            for raw in (
+                "not json" * 100,
+                b"\x00\x01binary",
+                "[1,2]",
+                '{"d":1}',
+                '{"op":"7"}',
+                '{"op":99}',
+                '{"op":0,"t":"READY","d":{}}',
+                '{"op":0,"s":"x","t":"X","d":1}',
+            ):
                 await r.gw.send_raw(raw)
             await r.gw.dispatch("C2C_MESSAGE_CREATE", {"ok": True})
             await r.until(lambda: any(d.type == "C2C_MESSAGE_CREATE" for d in r.host.dispatches))
@@ -574,8 +586,13 @@ async def test_stop_from_fatal_callback_does_not_cut_it_short() -> None:
     async with FakeGateway(heartbeat_interval_ms=HB_MS) as gw:
         gw.faults.identify_close = 4914
         mgr = ConnectionManager(
-            app_id=gw.app_id, client_secret="s3cret", intents=INTENTS, policy=FAST,
-            api_base=gw.api_base, token_url=gw.token_url, on_fatal=on_fatal,
+            app_id=gw.app_id,
+            client_secret="s3cret",
+            intents=INTENTS,
+            policy=FAST,
+            api_base=gw.api_base,
+            token_url=gw.token_url,
+            on_fatal=on_fatal,
         )
         holder["mgr"] = mgr
         with pytest.raises(FatalError):
@@ -641,8 +658,13 @@ async def test_stop_from_each_state_is_prompt_quiet_final(where: str) -> None:
 async def test_stop_before_run_returns_at_once() -> None:
     """stop() before run(): run() returns at once and opens nothing."""
     async with FakeGateway() as gw:
-        mgr = ConnectionManager(app_id=gw.app_id, client_secret="s3cret", intents=INTENTS,
-                                api_base=gw.api_base, token_url=gw.token_url)
+        mgr = ConnectionManager(
+            app_id=gw.app_id,
+            client_secret="s3cret",
+            intents=INTENTS,
+            api_base=gw.api_base,
+            token_url=gw.token_url,
+        )
         await mgr.stop()
         async with asyncio.timeout(2):
             await mgr.run()
@@ -667,3 +689,32 @@ async def test_secrets_never_reach_logs_reprs_or_state_file(tmp_path: Path) -> N
     everything = text + repr(logs)
     assert "s3cret" not in everything
     assert token not in everything
+
+
+async def test_op7_closes_the_old_socket_ourselves_at_once() -> None:
+    """op 7: the manager closes the old socket itself (4000, not waiting for the server's 4009)."""
+    async with running() as r:
+        await r.until_state(State.ALIVE)
+        await asyncio.sleep(FAST.quick_disconnect_threshold_s + 0.1)  # a grown-up connection
+        await r.gw.send_reconnect(close_after_s=2.0)
+        await r.until(lambda: r.gw.connections[0].closed_at is not None, timeout=1.0)
+        first = r.gw.connections[0]
+        assert first.closed_by == "client" and first.close_code == 4000
+        await r.until(lambda: r.gw.resumes == 1 and r.mgr.state is State.ALIVE, timeout=5)
+        assert r.mgr.machine.quick_drops == 0 and r.mgr.machine.failed_attempts == 0
+
+
+async def test_op7_on_a_young_connection_waits_instead_of_looping() -> None:
+    """op 7 right after RESUMED, over and over: not counted, but each reconnect waits a backoff
+    step instead of looping at full speed."""
+    policy = replace(FAST, backoff_s=(0.3,))
+    async with running(policy=policy) as r:
+        await r.until_state(State.ALIVE)
+        for _ in range(3):
+            await r.gw.send_reconnect(close_after_s=2.0)
+            await r.until(lambda: r.mgr.state is not State.ALIVE, timeout=2)
+            await r.until_state(State.ALIVE)
+        opened = [c.opened_at for c in r.gw.connections]
+        gaps = [b - a for a, b in zip(opened, opened[1:], strict=False)]
+        assert all(g >= 0.25 for g in gaps), gaps
+        assert r.host.fatals == [] and r.mgr.machine.quick_drops == 0
