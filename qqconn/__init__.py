@@ -41,7 +41,22 @@ _HOMES = {
     "Intents": "qqconn.protocol",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "ConfigError",
+    "ConnectionMachine",
+    "ConnectionManager",
+    "Dispatch",
+    "FatalError",
+    "Intents",
+    "LocalProtocolError",
+    "Policy",
+    "QQConnError",
+    "RemoteProtocolError",
+    "Secret",
+    "State",
+    "StateChange",
+]
+assert sorted(__all__) == sorted(_HOMES)
 __version__ = "0.1.0"
 
 

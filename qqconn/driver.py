@@ -42,7 +42,14 @@ from websockets.exceptions import ConnectionClosed
 from qqconn import commands as cmd
 from qqconn import events as ev
 from qqconn import protocol as proto
-from qqconn.errors import ConfigError, FatalError, LocalProtocolError, RemoteProtocolError
+from qqconn._log import QuietLogger
+from qqconn.errors import (
+    ConfigError,
+    CredentialsRefused,
+    FatalError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from qqconn.machine import ConnectionMachine, State
 from qqconn.policy import Policy
 
@@ -202,7 +209,7 @@ class ConnectionManager:
         self._on_fatal = on_fatal
         self.state_file = Path(state_file) if state_file is not None else None
         self._clock = clock
-        self._log = structlog.get_logger("qqconn").bind(
+        self._log = QuietLogger(structlog.get_logger("qqconn")).bind(
             app_id=app_id, shard=f"{shard[0]}/{shard[1]}"
         )
         self._machine = ConnectionMachine(self.policy, rng=rng, logger=self._log)
@@ -312,7 +319,7 @@ class ConnectionManager:
                 await self._drain_host_queue()
                 self._host_task.cancel()
                 if self.state_file is not None:
-                    self._write_state_file(self.snapshot())
+                    self.write_state_file()
         finally:
             for _, handle in self._timers.values():
                 handle.cancel()
@@ -478,6 +485,18 @@ class ConnectionManager:
         if self._on_state_change is not None:
             self._host_queue.put_nowait(StateChange(state, previous, trigger, snap))
 
+    def write_state_file(self) -> None:
+        """Rewrite the state file now (atomically, mode 0600). No-op without a state file.
+
+        The manager already does this on every state change, on a new session, at most once a
+        second while events or heartbeat ACKs arrive, and on exit.
+        """
+        if self.state_file is not None:
+            self._write_state_file(self.snapshot())
+
+    def _state_file_due(self) -> bool:
+        return self.state_file is not None and self._clock() - self._last_write >= 1.0
+
     def _write_state_file(self, snap: dict[str, Any]) -> None:
         assert self.state_file is not None
         directory = self.state_file.parent
@@ -541,8 +560,8 @@ class ConnectionManager:
             self._host_session = dispatch.data.get("session_id")
         if dispatch.seq is not None:
             self._host_seq = dispatch.seq
-        if self.state_file is not None and (new_session or self._clock() - self._last_write >= 1.0):
-            self._write_state_file(self.snapshot())
+        if new_session or self._state_file_due():
+            self.write_state_file()
 
     def _load_state_file(self) -> None:
         """Resume the session an earlier process saved, if the file is recent and ours."""
@@ -630,7 +649,8 @@ class ConnectionManager:
         except Exception as exc:
             detail = self._scrub(f"{type(exc).__name__}: {exc}")
             self._log.warning("qqconn.connect_failed", stage=stage, error=detail[:200])
-            self._feed(ev.ConnectFailed(att.number, self._clock(), stage, detail[:200]))
+            auth = isinstance(exc, CredentialsRefused)
+            self._feed(ev.ConnectFailed(att.number, self._clock(), stage, detail[:200], auth=auth))
             return None
 
     def _scrub(self, text: str) -> str:
@@ -677,6 +697,8 @@ class ConnectionManager:
                     put(proto.Dispatch(frame.seq, "READY", frame.data, frame.event_id))
                 if att.closing:  # the machine ended this attempt (op 7, op 9, ...): leave now
                     return
+                if type(frame) is proto.HeartbeatAck and self._state_file_due():
+                    self.write_state_file()  # keeps updated_at fresh on a quiet connection
         except ConnectionClosed as exc:
             if exc.rcvd is not None:
                 code, reason = exc.rcvd.code, exc.rcvd.reason

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "CredentialsRefused",
     "FatalError",
     "LocalProtocolError",
     "QQConnError",
@@ -44,6 +45,10 @@ class LocalProtocolError(QQConnError):
 
 class RemoteProtocolError(QQConnError):
     """The server sent a frame or an HTTP answer that qqconn cannot use."""
+
+
+class CredentialsRefused(RemoteProtocolError):
+    """The token endpoint refused the app id or the client secret."""
 
 
 class FatalError(QQConnError):

@@ -64,6 +64,8 @@ class ConnectFailed:
     at: float
     stage: str
     detail: str
+    #: The credentials were refused (the token endpoint said so): judged like close 4004.
+    auth: bool = False
 
 
 @dataclass(frozen=True, slots=True)

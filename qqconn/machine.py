@@ -65,6 +65,7 @@ from transitions import Machine
 
 from qqconn import commands as cmd
 from qqconn import events as ev
+from qqconn._log import QuietLogger
 from qqconn.errors import LocalProtocolError
 from qqconn.events import Timer
 from qqconn.policy import Delay, Ending, Policy, Session, backoff_delay, classify_close
@@ -270,7 +271,7 @@ class ConnectionMachine:
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self._rng = rng if rng is not None else random.Random()
-        self._log = logger if logger is not None else structlog.get_logger("qqconn")
+        self._log = QuietLogger(logger if logger is not None else structlog.get_logger("qqconn"))
         # The session.
         self.session_id: str | None = None
         self.last_seq: int | None = None
@@ -376,8 +377,8 @@ class ConnectionMachine:
                 return "frame_rejected", {"detail": detail}
             case ev.SocketClosed(code=code, reason=reason):
                 return "connection_ended", {"ending": classify_close(code, reason)}
-            case ev.ConnectFailed(stage=stage, detail=detail):
-                ending = Ending(f"{stage} failed: {detail}", before_socket=True)
+            case ev.ConnectFailed(stage=stage, detail=detail, auth=auth):
+                ending = Ending(f"{stage} failed: {detail}", before_socket=True, auth_failure=auth)
                 return "connection_ended", {"ending": ending}
             case ev.InvalidSessionReceived(resumable=True):
                 ending = Ending("op 9 invalid session (resumable)", delay=Delay.INVALID_SESSION)
@@ -689,7 +690,7 @@ class ConnectionMachine:
             self.fatal = Fatal(ending.reason, ending.close_code, retryable=False)
         else:
             self.fatal = Fatal(
-                "authentication failed again after a token refresh (close 4004)",
+                f"authentication failed again after a token refresh ({ending.reason})",
                 ending.close_code,
                 retryable=False,
             )

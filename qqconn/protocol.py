@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from qqconn.errors import RemoteProtocolError
+from qqconn.errors import CredentialsRefused, RemoteProtocolError
 
 __all__ = [
     "Dispatch",
@@ -211,14 +211,16 @@ def parse_frame(frame: str | bytes) -> Inbound:
     try:
         msg = json.loads(frame)
     except (ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"not JSON ({exc.__class__.__name__}): {shorten(frame)}") from None
+        raise RemoteProtocolError(
+            f"not JSON ({exc.__class__.__name__}): {shorten(frame)}"
+        ) from None
     if not isinstance(msg, dict):
         raise RemoteProtocolError(f"not a JSON object: {shorten(frame)}")
     op = msg.get("op")
-    if op == 0 and not isinstance(op, bool):
-        return _parse_dispatch(msg, frame)
     if not isinstance(op, int) or isinstance(op, bool):
         raise RemoteProtocolError(f"missing or non-integer op: {shorten(frame)}")
+    if op == OpCode.DISPATCH:
+        return _parse_dispatch(msg, frame)
     if op == OpCode.HEARTBEAT_ACK:
         return HeartbeatAck()
     if op == OpCode.HELLO:
@@ -241,7 +243,11 @@ def _parse_dispatch(msg: dict[str, Any], frame: str) -> Inbound:
     if not isinstance(event_id, str):
         event_id = None
     if t == "READY":
-        if not isinstance(d, dict) or not isinstance(d.get("session_id"), str) or not d["session_id"]:
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("session_id"), str)
+            or not d["session_id"]
+        ):
             raise RemoteProtocolError(f"READY without a session_id: {shorten(frame)}")
         return Ready(session_id=d["session_id"], seq=seq, data=d, event_id=event_id)
     if t == "RESUMED":
@@ -254,31 +260,39 @@ def _parse_dispatch(msg: dict[str, Any], frame: str) -> Inbound:
 # -- REST responses ----------------------------------------------------------------------
 
 
+#: Token-endpoint error codes that mean "these credentials are wrong" (not "try later"):
+#: 100007 "appid invalid" (qq-protocol.md §3.1). Others, such as 100017 (rate limited), are
+#: transient.
+CREDENTIAL_ERROR_CODES = frozenset({100007})
+
+
 def parse_token_response(status: int, body: bytes) -> tuple[str, float]:
     """Parse ``getAppAccessToken``'s answer into ``(access_token, expires_in_s)``.
 
     ``expires_in`` may be a string (the docs' example) or a number. Errors arrive as HTTP 200
     bodies with ``code``/``message`` and no token. The error text never includes the token.
     """
+    if status in (401, 403):
+        raise CredentialsRefused(f"token endpoint answered HTTP {status}")
     if status != 200:
         raise RemoteProtocolError(f"token endpoint answered HTTP {status}")
     try:
         doc = json.loads(body)
-    except ValueError:
-        raise RemoteProtocolError(f"token endpoint answered non-JSON: {shorten(body, 80)}") from None
+    except (ValueError, RecursionError):
+        # Not even a prefix of the body: a truncated answer may hold the token.
+        raise RemoteProtocolError(f"token endpoint answered non-JSON ({len(body)} bytes)") from None
     if not isinstance(doc, dict):
         raise RemoteProtocolError("token endpoint answered a non-object")
     token = doc.get("access_token")
     if not isinstance(token, str) or not token:
         code = doc.get("code")
         message = doc.get("message")
-        raise RemoteProtocolError(
-            f"token endpoint refused: code={code!r} message={shorten(str(message), 80)!r}"
-        )
+        error = CredentialsRefused if code in CREDENTIAL_ERROR_CODES else RemoteProtocolError
+        raise error(f"token endpoint refused: code={code!r} message={shorten(str(message), 80)!r}")
     raw = doc.get("expires_in")
     try:
         expires_in = float(raw) if isinstance(raw, (int, float, str)) and raw is not True else -1.0
-    except ValueError:
+    except (ValueError, OverflowError):
         expires_in = -1.0
     if not expires_in > 0 or expires_in != expires_in or expires_in > 10 * 86400:
         raise RemoteProtocolError(f"token endpoint gave an unusable expires_in: {raw!r}")
@@ -291,8 +305,10 @@ def parse_gateway_response(status: int, body: bytes) -> str:
         raise RemoteProtocolError(f"gateway endpoint answered HTTP {status}: {shorten(body, 80)}")
     try:
         doc = json.loads(body)
-    except ValueError:
-        raise RemoteProtocolError(f"gateway endpoint answered non-JSON: {shorten(body, 80)}") from None
+    except (ValueError, RecursionError):
+        raise RemoteProtocolError(
+            f"gateway endpoint answered non-JSON: {shorten(body, 80)}"
+        ) from None
     url = doc.get("url") if isinstance(doc, dict) else None
     if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
         raise RemoteProtocolError(f"gateway endpoint gave no ws(s) url: {shorten(body, 80)}")

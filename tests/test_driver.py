@@ -718,3 +718,36 @@ async def test_op7_on_a_young_connection_waits_instead_of_looping() -> None:
         gaps = [b - a for a, b in zip(opened, opened[1:], strict=False)]
         assert all(g >= 0.25 for g in gaps), gaps
         assert r.host.fatals == [] and r.mgr.machine.quick_drops == 0
+
+
+async def test_refused_credentials_end_in_fatal_not_retryable_after_one_retry() -> None:
+    """The token endpoint refusing the credentials (code 100007) is an authentication failure:
+    one retry with a fresh request, then FATAL, not retryable (no 100 attempts)."""
+    async with FakeGateway(heartbeat_interval_ms=HB_MS) as gw:
+        mgr = ConnectionManager(
+            app_id=gw.app_id, client_secret="wrong-secret", intents=INTENTS, policy=FAST,
+            api_base=gw.api_base, token_url=gw.token_url,
+        )
+        with pytest.raises(FatalError) as info:
+            async with asyncio.timeout(10):
+                await mgr.run()
+        assert not info.value.retryable and "100007" in info.value.reason
+        assert len([h for h in gw.http_requests if "AccessToken" in h.path]) == 2
+
+
+async def test_a_raising_logging_setup_never_breaks_the_connection() -> None:
+    """A host whose logging processor raises: log lines are lost, the connection is not."""
+
+    def explode(logger: Any, name: str, event: Any) -> Any:
+        raise BrokenPipeError("stderr went away")
+
+    structlog.configure(processors=[explode])
+    try:
+        async with running() as r:
+            await r.until_state(State.ALIVE)
+            await r.gw.close(4009)
+            await r.until(lambda: r.gw.resumes == 1 and r.mgr.state is State.ALIVE, timeout=5)
+            await r.until(lambda: r.mgr.machine.acks >= 5, timeout=5)  # the 5th ACK logs INFO
+            assert not r.task.done()
+    finally:
+        structlog.reset_defaults()

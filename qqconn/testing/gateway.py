@@ -49,6 +49,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from qqconn._log import QuietLogger
 from qqconn.protocol import OpCode
 from qqconn.testing._http import H11Server, HttpReply, HttpRequest
 from qqconn.testing.faults import MISSING, NO_OVERRIDE, Faults
@@ -56,7 +57,7 @@ from qqconn.testing.records import ConnectionRecord, FrameRecord, HttpRecord
 
 __all__ = ["CLOSE_REASONS", "TOKEN_PATH", "WS_PATH", "FakeGateway"]
 
-log = structlog.get_logger("qqconn.testing")
+log = QuietLogger(structlog.get_logger("qqconn.testing"))
 
 WS_PATH: Final = "/websocket"
 TOKEN_PATH: Final = "/app/getAppAccessToken"
