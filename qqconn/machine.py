@@ -424,7 +424,7 @@ class ConnectionMachine:
     def is_young(self, _: Any) -> bool:
         """Has the socket been open for less than quick_disconnect_threshold_s?"""
         assert self.opened_at is not None
-        return self.now - self.opened_at < self.policy.quick_disconnect_threshold_s
+        return self._lived_less_than_threshold()
 
     def ack_overdue(self, _: Any) -> bool:
         """Was the last heartbeat never acknowledged?"""
@@ -450,7 +450,14 @@ class ConnectionMachine:
         ending: Ending = event.kwargs["ending"]
         if not ending.counts_as_quick or self.opened_at is None:
             return False
-        return self.now - self.opened_at < self.policy.quick_disconnect_threshold_s
+        return self._lived_less_than_threshold()
+
+    def _lived_less_than_threshold(self) -> bool:
+        # Monotonic clocks are floats: opened at 12345.678, ended 5.00 s later may subtract to
+        # 4.9999999999. Half a microsecond of grace keeps "5.00 s is not quick" true.
+        assert self.opened_at is not None
+        lived = self.now - self.opened_at
+        return lived + 5e-7 < self.policy.quick_disconnect_threshold_s
 
     def quick_drops_exhausted(self, _: Any) -> bool:
         """Have max_quick_disconnects quick drops happened in a row?"""
@@ -629,8 +636,7 @@ class ConnectionMachine:
         ending: Ending = event.kwargs["ending"]
         self.last_ending = ending
         if ending.counts_as_quick and self.opened_at is not None:
-            lived = self.now - self.opened_at
-            if lived < self.policy.quick_disconnect_threshold_s:
+            if self._lived_less_than_threshold():
                 self.quick_drops += 1
             else:
                 self.quick_drops = 0

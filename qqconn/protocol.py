@@ -288,14 +288,18 @@ def parse_token_response(status: int, body: bytes) -> tuple[str, float]:
         code = doc.get("code")
         message = doc.get("message")
         error = CredentialsRefused if code in CREDENTIAL_ERROR_CODES else RemoteProtocolError
-        raise error(f"token endpoint refused: code={code!r} message={shorten(str(message), 80)!r}")
+        raise error(
+            f"token endpoint refused: code={shorten(repr(code), 40)} message={shorten(str(message), 80)!r}"
+        )
     raw = doc.get("expires_in")
     try:
         expires_in = float(raw) if isinstance(raw, (int, float, str)) and raw is not True else -1.0
     except (ValueError, OverflowError):
         expires_in = -1.0
     if not expires_in > 0 or expires_in != expires_in or expires_in > 10 * 86400:
-        raise RemoteProtocolError(f"token endpoint gave an unusable expires_in: {raw!r}")
+        raise RemoteProtocolError(
+            f"token endpoint gave an unusable expires_in: {shorten(repr(raw), 40)}"
+        )
     return token, expires_in
 
 
