@@ -144,6 +144,10 @@ def _require_graphviz() -> None:
 
 def _mermaid(rows: Sequence[dict[str, Any]] | None, states: Sequence[dict[str, Any]]) -> str:
     lines = _graph("mermaid", rows, states).source.split("\n")
+    # transitions writes the title as a bare YAML scalar; Mermaid's front matter wants a
+    # mapping with a `title` key (GitHub refuses to render the bare form).
+    if lines[:1] == ["---"] and lines[2:3] == ["---"] and not lines[1].startswith("title:"):
+        lines[1] = f"title: {lines[1]}"
     at = lines.index("stateDiagram-v2") + 1
     lines[at:at] = ["  %% " + line for line in _comment_lines(_rows_or_default(rows))]
     return "\n".join(line.rstrip() for line in lines) + "\n"
