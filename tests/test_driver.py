@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -174,7 +175,7 @@ async def test_heartbeats_follow_the_hello_interval() -> None:
     async with running(hb_ms=200) as r:
         await r.until(lambda: len(r.gw.heartbeats) >= 6, timeout=5)
         times = [t for t, _ in r.gw.heartbeats[:6]]
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(0.15 <= g <= 0.6 for g in gaps), gaps
         assert len(r.gw.connections) == 1
 
@@ -248,7 +249,7 @@ async def test_token_endpoint_down_is_fatal_after_budget_with_backoff() -> None:
         assert isinstance(error, FatalError) and error.retryable
         token_requests = [h.at for h in r.gw.http_requests if "AccessToken" in h.path]
         assert len(token_requests) == policy.max_reconnect_attempts
-        gaps = [b - a for a, b in zip(token_requests, token_requests[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(token_requests)]
         expected = [0.1, 0.2, 0.4, 0.4]
         for gap, want in zip(gaps, expected, strict=True):
             assert want - 0.01 <= gap <= want + 0.5, (gaps, expected)
@@ -715,7 +716,7 @@ async def test_op7_on_a_young_connection_waits_instead_of_looping() -> None:
             await r.until(lambda: r.mgr.state is not State.ALIVE, timeout=2)
             await r.until_state(State.ALIVE)
         opened = [c.opened_at for c in r.gw.connections]
-        gaps = [b - a for a, b in zip(opened, opened[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(opened)]
         assert all(g >= 0.25 for g in gaps), gaps
         assert r.host.fatals == [] and r.mgr.machine.quick_drops == 0
 
@@ -725,8 +726,12 @@ async def test_refused_credentials_end_in_fatal_not_retryable_after_one_retry() 
     one retry with a fresh request, then FATAL, not retryable (no 100 attempts)."""
     async with FakeGateway(heartbeat_interval_ms=HB_MS) as gw:
         mgr = ConnectionManager(
-            app_id=gw.app_id, client_secret="wrong-secret", intents=INTENTS, policy=FAST,
-            api_base=gw.api_base, token_url=gw.token_url,
+            app_id=gw.app_id,
+            client_secret="wrong-secret",
+            intents=INTENTS,
+            policy=FAST,
+            api_base=gw.api_base,
+            token_url=gw.token_url,
         )
         with pytest.raises(FatalError) as info:
             async with asyncio.timeout(10):

@@ -17,7 +17,9 @@ from qqconn.testing import FakeGateway
 from tests.test_driver import FAST, INTENTS
 
 
-def _manager(gw: FakeGateway, state_file: Path, got: list[Dispatch], **kw: Any) -> ConnectionManager:
+def _manager(
+    gw: FakeGateway, state_file: Path, got: list[Dispatch], **kw: Any
+) -> ConnectionManager:
     return ConnectionManager(
         app_id=kw.pop("app_id", gw.app_id),
         client_secret="s3cret",
@@ -70,10 +72,19 @@ async def test_restart_resumes_and_replays_what_the_dead_process_missed(tmp_path
 async def test_old_or_foreign_state_file_is_ignored_with_a_log_line(tmp_path: Path) -> None:
     """A state file older than resume_window_s, or of another app id, is ignored (Identify)."""
     async with FakeGateway(heartbeat_interval_ms=300) as gw:
-        for name, patch in (("old", {"updated_at_unix": time.time() - 3600}), ("foreign", {"app_id": "999"})):
+        for name, patch in (
+            ("old", {"updated_at_unix": time.time() - 3600}),
+            ("foreign", {"app_id": "999"}),
+        ):
             state_file = tmp_path / f"{name}.json"
-            doc = {"app_id": gw.app_id, "shard": [0, 1], "session_id": "gone", "last_seq": 5,
-                   "state": "alive", "updated_at_unix": time.time()}
+            doc = {
+                "app_id": gw.app_id,
+                "shard": [0, 1],
+                "session_id": "gone",
+                "last_seq": 5,
+                "state": "alive",
+                "updated_at_unix": time.time(),
+            }
             doc.update(patch)
             state_file.write_text(json.dumps(doc))
             with capture_logs() as logs:
@@ -85,8 +96,18 @@ async def test_old_or_foreign_state_file_is_ignored_with_a_log_line(tmp_path: Pa
 async def test_refused_resume_after_restart_falls_back_to_identify(tmp_path: Path) -> None:
     """A restored session the server no longer knows (4006) is forgotten; Identify follows."""
     state_file = tmp_path / "state.json"
-    state_file.write_text(json.dumps({"app_id": "1000", "shard": [0, 1], "session_id": "expired",
-                                      "last_seq": 3, "state": "alive", "updated_at_unix": time.time()}))
+    state_file.write_text(
+        json.dumps(
+            {
+                "app_id": "1000",
+                "shard": [0, 1],
+                "session_id": "expired",
+                "last_seq": 3,
+                "state": "alive",
+                "updated_at_unix": time.time(),
+            }
+        )
+    )
     async with FakeGateway(heartbeat_interval_ms=300) as gw:
         mgr = _manager(gw, state_file, [])
         task = asyncio.create_task(mgr.run())

@@ -70,8 +70,10 @@ async def test_kill_9_while_events_flow_then_restart_loses_nothing(tmp_path: Pat
     # Repeats are exactly the events printed after the checkpoint by the dead process.
     repeated = sorted(set(printed_first) & set(printed_second))
     assert repeated == [s for s in printed_first if s > checkpoint["last_seq"]]
-    print(f"\nkill -9: printed {len(printed_first)} + {len(printed_second)}, "
-          f"accepted {len(accepted)}, repeated after restart {len(repeated)}, lost 0")
+    print(
+        f"\nkill -9: printed {len(printed_first)} + {len(printed_second)}, "
+        f"accepted {len(accepted)}, repeated after restart {len(repeated)}, lost 0"
+    )
     # A consumer keeping the highest s it saw ends with every event exactly once, in order.
     high, deduped = 0, []
     for s in everything:
