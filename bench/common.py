@@ -1,0 +1,249 @@
+"""Helpers shared by every benchmark process (stdlib only: botpy's venv imports this too)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def rss_kb() -> int:
+    """Resident set size of this process (VmRSS), in KiB, read from /proc."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """System-wide (busy, total) jiffies from /proc/stat: how busy the whole machine is."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+class GcPauses:
+    """Collector pauses (``gc.callbacks``): count per generation and the longest, in a window."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self._gc = gc
+        self._start = 0.0
+        self.pauses: list[tuple[float, int, float]] = []  # (at, generation, seconds)
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._start = now
+        else:
+            self.pauses.append((time.monotonic(), info["generation"], now - self._start))
+
+    def summary(self, since: float, until: float) -> dict[str, Any]:
+        ps = [p for p in self.pauses if since <= p[0] <= until]
+        gen2 = [p[2] for p in ps if p[1] == 2]
+        return {
+            "gc_collections": len(ps),
+            "gc_gen2_collections": len(gen2),
+            "gc_max_pause_ms": 1000 * max((p[2] for p in ps), default=0.0),
+            "gc_gen2_max_pause_ms": 1000 * max(gen2, default=0.0),
+            "gc_total_pause_ms": 1000 * sum(p[2] for p in ps),
+        }
+
+
+def emit(result: dict[str, Any]) -> None:
+    """The one result line a scenario prints (the harness reads the last line starting RESULT)."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+class Control:
+    """Client of bench/gateway_proc.py's control socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, port: int) -> Control:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 26)
+        return cls(reader, writer)
+
+    async def _read(self) -> None:
+        while line := await self._reader.readline():
+            reply = json.loads(line)
+            fut = self._waiting.pop(reply["id"], None)
+            if fut is None or fut.done():
+                continue
+            if reply["ok"]:
+                fut.set_result(reply["result"])
+            else:
+                fut.set_exception(RuntimeError(reply["error"]))
+
+    async def call(self, cmd: str, **args: Any) -> Any:
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        self._writer.write(json.dumps({"id": rid, "cmd": cmd, **args}).encode() + b"\n")
+        await self._writer.drain()
+        return await fut
+
+    async def close(self) -> None:
+        self._task.cancel()
+        self._writer.close()
+
+
+async def until(predicate: Any, timeout: float, step: float = 0.01, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
+        await asyncio.sleep(step)
+
+
+@dataclass
+class GatewayProcess:
+    """A running bench/gateway_proc.py (the fake in its own process)."""
+
+    proc: subprocess.Popen[str]
+    info: dict[str, Any]
+
+    @classmethod
+    def start(cls, python: str, hb_ms: int = 41250, tick: float | None = None) -> GatewayProcess:
+        cmd = [python, str(BENCH / "gateway_proc.py"), "--hb-ms", str(hb_ms)]
+        if tick is not None:
+            cmd += ["--tick", str(tick)]
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            raise RuntimeError("gateway process died at start")
+        return cls(proc, json.loads(line))
+
+    def args(self) -> list[str]:
+        i = self.info
+        return [
+            "--control",
+            str(i["control"]),
+            "--api-base",
+            i["api_base"],
+            "--token-url",
+            i["token_url"],
+            "--ws-url",
+            i["ws_url"],
+            "--app-id",
+            i["app_id"],
+        ]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def run_client(cmd: list[str], timeout: float) -> dict[str, Any]:
+    """Run one scenario process; return its RESULT line (or an error record)."""
+    started = time.monotonic()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        tail = (
+            (exc.stderr or b"")[-2000:]
+            if isinstance(exc.stderr, bytes)
+            else (exc.stderr or "")[-2000:]
+        )
+        return {"error": f"timed out after {timeout} s", "stderr": tail}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT ") :])
+            result.setdefault("wall_s", round(time.monotonic() - started, 2))
+            return result
+    return {"error": f"exit {done.returncode}, no RESULT line", "stderr": done.stderr[-3000:]}
+
+
+def summary(values: list[float | int | None]) -> dict[str, Any]:
+    """Median with min–max over runs (None values are skipped and counted)."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return {"median": None, "min": None, "max": None, "n": 0, "missing": len(values)}
+    return {
+        "median": statistics.median(xs),
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+        "missing": len(values) - len(xs),
+    }
+
+
+def eprint(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def analyse_recovery(
+    seen: list[tuple[float, int | None]],
+    accepted: list[int],
+    conns: list[dict[str, Any]],
+    t_trigger: float,
+) -> dict[str, Any]:
+    """Shared by every side: lost / duplicated events and the gap, from the fake's records."""
+    delivered = [s for _, s in seen if s is not None]
+    old = [c for c in conns if c["opened_at"] < t_trigger]
+    new = [c for c in conns if c["opened_at"] >= t_trigger]
+    first_new = new[0] if new else None
+    new_seqs = set(first_new["dispatch_seqs_out"]) if first_new else set()
+    flow = [t for t, s in seen if s is not None and t > t_trigger and s in new_seqs]
+    old_conn = old[-1] if old else None
+    return {
+        "accepted": len(accepted),
+        "delivered": len(delivered),
+        "lost": len(set(accepted) - set(delivered)),
+        "duplicated": len(delivered) - len(set(delivered)),
+        "out_of_order": sum(1 for x, y in itertools.pairwise(delivered) if y <= x),
+        "recovery_s": (min(flow) - t_trigger) if flow else None,
+        "old_closed_s": None
+        if not old_conn or old_conn["closed_at"] is None
+        else old_conn["closed_at"] - t_trigger,
+        "old_close_code": old_conn["close_code"] if old_conn else None,
+        "old_closed_by": old_conn["closed_by"] if old_conn else None,
+        "new_socket_s": None if not first_new else first_new["opened_at"] - t_trigger,
+        "sockets_after_trigger": len(new),
+        "resumed": bool(first_new and first_new["resume"] > 0),
+    }

@@ -1,0 +1,326 @@
+"""Client side of the benchmarks, the bare baseline: plain ``websockets`` and ``json``, nothing else.
+
+What a bare connection does (the least any gateway client must do):
+
+* connect with the same options qqconn uses (``compression=None``, ``ping_interval=None``,
+  ``max_size`` 4 MiB, default ``max_queue``), URL and token handed over by the harness (no HTTP);
+* on Hello: send Identify, start one heartbeat task (``sleep(interval)`` then send
+  ``{"op":1,"d":last_s}``, forever);
+* per message: ``json.loads``; op 0: skip an ``s`` not above the last one, remember ``s``, call
+  the callback with the decoded dict (inline, same callback body as qqconn's host);
+  op 11: count the ACK. Nothing else: no zombie check, no reconnect, no typed frames.
+
+The ``detect`` and ``seedloop`` scenarios use websockets' own safety nets instead (its default
+keepalive pings, and its ``async for ws in connect()`` reconnect loop), as references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Control, GcPauses, cpu_s, emit, raise_nofile, rss_kb, until
+
+INTENTS = 1 << 30 | 1 << 25
+
+
+class Sink:
+    """Same body as scen_qqconn.Sink: count, stamp the first and the goal-th event."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.goal = -1
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.done = asyncio.Event()
+
+    def reset(self, goal: int) -> None:
+        self.count = 0
+        self.goal = goal
+        self.done.clear()
+
+    def __call__(self, d: dict[str, Any]) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.t_first = time.monotonic()
+        if self.count == self.goal:
+            self.t_last = time.monotonic()
+            self.done.set()
+
+
+class BareClient:
+    def __init__(
+        self, url: str, token: str, on_dispatch: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        self.url = url
+        self.identify = json.dumps(
+            {"op": 2, "d": {"token": f"QQBot {token}", "intents": INTENTS, "shard": [0, 1]}},
+            separators=(",", ":"),
+        )
+        self.on_dispatch = on_dispatch
+        self.last_seq: int | None = None
+        self.acks = 0
+        self.ready = asyncio.Event()
+        self.closed_at: float | None = None
+
+    async def run(self) -> None:
+        hb: asyncio.Task[None] | None = None
+        try:
+            async with websockets.connect(
+                self.url, compression=None, ping_interval=None, max_size=4 * 1024 * 1024
+            ) as ws:
+                while True:
+                    msg = json.loads(await ws.recv())
+                    op = msg["op"]
+                    if op == 0:
+                        s = msg.get("s")
+                        if s is not None:
+                            last = self.last_seq
+                            if last is not None and s <= last:
+                                continue
+                            self.last_seq = s
+                        if msg.get("t") == "READY":
+                            self.ready.set()
+                        if self.on_dispatch is not None:
+                            self.on_dispatch(msg)
+                    elif op == 11:
+                        self.acks += 1
+                    elif op == 10:
+                        await ws.send(self.identify)
+                        interval = msg["d"]["heartbeat_interval"] / 1000
+                        hb = asyncio.create_task(self._beat(ws, interval))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed_at = time.monotonic()
+            if hb is not None:
+                hb.cancel()
+
+    async def _beat(self, ws: Any, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await ws.send(json.dumps({"op": 1, "d": self.last_seq}, separators=(",", ":")))
+
+
+async def token_of(ctl: Control) -> str:
+    return (await ctl.call("info"))["token"]
+
+
+# -- 1. dispatch throughput ---------------------------------------------------------------
+
+
+async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    sink = Sink()
+    client = BareClient(a.ws_url, await token_of(ctl), sink)
+    task = asyncio.create_task(client.run())
+    await asyncio.wait_for(client.ready.wait(), 20)
+    sink.reset(a.warmup)
+    await ctl.call("burst", n=a.warmup)
+    await asyncio.wait_for(sink.done.wait(), 60)
+    gc.collect()
+    sink.reset(a.n)
+    cpu0 = cpu_s()
+    fake = await ctl.call("burst", n=a.n)
+    await asyncio.wait_for(sink.done.wait(), 300)
+    cpu1 = cpu_s()
+    elapsed = sink.t_last - sink.t_first
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return {
+        "side": "bare",
+        "events": a.n,
+        "delivered": sink.count,
+        "events_per_s": (a.n - 1) / elapsed,
+        "client_cpu_us_per_event": (cpu1 - cpu0) / a.n * 1e6,
+        "fake_cpu_us_per_event": fake["cpu_s"] / a.n * 1e6,
+        "fake_write_s": fake["t_end"] - fake["t_start"],
+        "last_seq": client.last_seq,
+        "expected_last_seq": fake["last_seq"],
+    }
+
+
+# -- 2. websockets' keepalive as the detector (reference) ----------------------------------
+
+
+async def detect(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    """Default websockets keepalive (ping every 20 s, 20 s timeout), no ACK tracking."""
+    token = await token_of(ctl)
+    ident = json.dumps(
+        {"op": 2, "d": {"token": f"QQBot {token}", "intents": INTENTS, "shard": [0, 1]}}
+    )
+    fault = {"zombie": {"ack": False}, "halfopen": {"silent": True}}[a.fault]
+    noticed: list[float] = []
+
+    async def client() -> None:
+        async with websockets.connect(a.ws_url, compression=None) as ws:
+            hb: asyncio.Task[None] | None = None
+            try:
+                async for raw in ws:
+                    msg = json.loads(raw)
+                    if msg["op"] == 10:
+                        await ws.send(ident)
+                        interval = msg["d"]["heartbeat_interval"] / 1000
+
+                        async def beat(interval: float = interval) -> None:
+                            while True:
+                                await asyncio.sleep(interval)
+                                await ws.send('{"op":1,"d":null}')
+
+                        hb = asyncio.create_task(beat())
+                noticed.append(time.monotonic())  # the iterator ended: the socket closed
+            except ConnectionClosed:
+                noticed.append(time.monotonic())
+            finally:
+                if hb is not None:
+                    hb.cancel()
+
+    task = asyncio.create_task(client())
+    await asyncio.sleep(3 * a.hb_ms / 1000 + 0.5)
+    t_fault = (await ctl.call("faults", **fault))["at"]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), a.window)
+    task.cancel()
+    conns = await ctl.call("connections")
+    return {
+        "side": "bare-keepalive",
+        "fault": a.fault,
+        "window_s": a.window,
+        "noticed": bool(noticed),
+        "noticed_after_s": (noticed[0] - t_fault) if noticed else None,
+        "sockets": len(conns),
+    }
+
+
+# -- 4. websockets' reconnect loop against the seed's loop (reference) ---------------------
+
+
+async def seedloop(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    await ctl.call("faults", close_new_sockets=[0.1, 10**6, 1000])
+    token = await token_of(ctl)
+    ident = json.dumps(
+        {"op": 2, "d": {"token": f"QQBot {token}", "intents": INTENTS, "shard": [0, 1]}}
+    )
+
+    async def loop() -> None:
+        async for ws in websockets.connect(a.ws_url, compression=None):
+            try:
+                async for raw in ws:
+                    if json.loads(raw)["op"] == 10:
+                        await ws.send(ident)
+            except ConnectionClosed:
+                continue
+
+    t0 = time.monotonic()
+    task = asyncio.create_task(loop())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), a.window)
+    stopped = task.done()
+    task.cancel()
+    conns = await ctl.call("connections")
+    return {
+        "side": "bare-reconnect",
+        "window_s": time.monotonic() - t0,
+        "sockets": len(conns),
+        "gave_up": stopped,
+    }
+
+
+# -- 5. many connections in one process ---------------------------------------------------
+
+
+async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    raise_nofile()
+    interval = a.hb_ms / 1000
+    token = await token_of(ctl)
+    clients: list[BareClient] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    def add() -> None:
+        c = BareClient(a.ws_url, token, lambda d: None)
+        clients.append(c)
+        tasks.append(asyncio.create_task(c.run()))
+
+    add()
+    await asyncio.wait_for(clients[0].ready.wait(), 30)
+    gc.collect()
+    rss0 = rss_kb()
+    t_ramp = time.monotonic()
+    for i in range(a.n):
+        add()
+        delay = t_ramp + (i + 1) / a.ramp_per_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i % 20 == 19:
+            await asyncio.sleep(0)
+    await until(lambda: all(c.ready.is_set() for c in clients), 300, step=0.1, what="all READY")
+    ramp_s = time.monotonic() - t_ramp
+    await asyncio.sleep(2 * interval)
+    pauses = GcPauses()
+    t0, c0, f0 = time.monotonic(), cpu_s(), await ctl.call("stats")
+    await asyncio.sleep(a.window)
+    t1, c1, f1 = time.monotonic(), cpu_s(), await ctl.call("stats")
+    gc.collect()
+    rss1 = rss_kb()
+    gaps = await ctl.call("heartbeat_gaps", since=t0, until=t1, interval_s=interval)
+    result = {
+        "side": "bare",
+        "connections": a.n,
+        "ramp_s": ramp_s,
+        "window_s": t1 - t0,
+        "rss_baseline_kb": rss0,
+        "rss_end_kb": rss1,
+        "rss_per_conn_kb": (rss1 - rss0) / a.n,
+        **pauses.summary(t0, t1),
+        "cpu_pct_of_core": 100 * (c1 - c0) / (t1 - t0),
+        "fake_cpu_pct_of_core": 100 * (f1["cpu_s"] - f0["cpu_s"]) / (f1["t"] - f0["t"]),
+        "lateness_p50_ms": None if gaps["p50_s"] is None else 1000 * gaps["p50_s"],
+        "lateness_p99_ms": None if gaps["p99_s"] is None else 1000 * gaps["p99_s"],
+        "lateness_max_ms": None if gaps["max_s"] is None else 1000 * gaps["max_s"],
+        "heartbeat_gaps": gaps["gaps"],
+        "false_detections": sum(1 for c in clients if c.closed_at is not None),
+        "sockets_total": (await ctl.call("stats"))["connections"],
+    }
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return result
+
+
+async def amain() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scenario", choices=["throughput", "detect", "seedloop", "many"])
+    ap.add_argument("--control", type=int, required=True)
+    ap.add_argument("--api-base", required=True)
+    ap.add_argument("--token-url", required=True)
+    ap.add_argument("--ws-url", required=True)
+    ap.add_argument("--app-id", required=True)
+    ap.add_argument("--hb-ms", type=int, default=41250)
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--warmup", type=int, default=5_000)
+    ap.add_argument("--fault", choices=["zombie", "halfopen"], default="zombie")
+    ap.add_argument("--window", type=float, default=30.0)
+    ap.add_argument("--ramp-per-s", type=float, default=100.0)
+    a = ap.parse_args()
+    ctl = await Control.connect(a.control)
+    fn = {"throughput": throughput, "detect": detect, "seedloop": seedloop, "many": many}
+    result = await fn[a.scenario](a, ctl)
+    await ctl.close()
+    emit(result)
+
+
+if __name__ == "__main__":
+    asyncio.run(amain())

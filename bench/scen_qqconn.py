@@ -1,0 +1,384 @@
+"""Client side of the benchmarks, qqconn: one scenario per process, one RESULT line out.
+
+Run by bench/run.py against a bench/gateway_proc.py it started; see docs/benchmarks.md for
+what each scenario measures. Every timestamp is ``time.monotonic()``, which on Linux is the
+system-wide CLOCK_MONOTONIC, so it compares directly with the fake gateway's records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Control, GcPauses, analyse_recovery, cpu_s, emit, raise_nofile, rss_kb, until
+
+from qqconn import ConnectionManager, FatalError, Policy, State
+from qqconn.protocol import Dispatch
+
+INTENTS = 1 << 30 | 1 << 25  # PUBLIC_GUILD_MESSAGES | GROUP_AND_C2C_EVENT
+
+
+class Sink:
+    """The host's on_dispatch: count, and stamp the first and the goal-th event."""
+
+    def __init__(self, record: bool = False) -> None:
+        self.count = 0
+        self.goal = -1
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.done = asyncio.Event()
+        self.record = record
+        self.seen: list[tuple[float, int | None]] = []
+
+    def reset(self, goal: int) -> None:
+        self.count = 0
+        self.goal = goal
+        self.done.clear()
+
+    def __call__(self, d: Dispatch) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.t_first = time.monotonic()
+        if self.count == self.goal:
+            self.t_last = time.monotonic()
+            self.done.set()
+        if self.record:
+            self.seen.append((time.monotonic(), d.seq if d.type != "READY" else None))
+
+
+class States:
+    """on_state_change: every change with the time it reached the host."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[float, State, State, str]] = []
+
+    def __call__(self, change: Any) -> None:
+        self.changes.append((time.monotonic(), change.state, change.previous, change.trigger))
+
+    def left_alive_after(self, t: float) -> tuple[float, State, State, str] | None:
+        for c in self.changes:
+            if c[0] >= t and c[2] is State.ALIVE:
+                return c
+        return None
+
+
+def manager(a: argparse.Namespace, **kw: Any) -> ConnectionManager:
+    return ConnectionManager(
+        app_id=a.app_id,
+        client_secret="s3cret",
+        intents=INTENTS,
+        api_base=a.api_base,
+        token_url=a.token_url,
+        **kw,
+    )
+
+
+async def stop_all(mgrs: list[ConnectionManager], tasks: list[asyncio.Task[None]]) -> None:
+    await asyncio.gather(*(m.stop() for m in mgrs), return_exceptions=True)
+    for t in tasks:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(t, 5)
+
+
+# -- 1. dispatch throughput ---------------------------------------------------------------
+
+
+async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    sink = Sink()
+    mgr = manager(a, on_dispatch=sink)
+    task = asyncio.create_task(mgr.run())
+    await until(lambda: mgr.state is State.ALIVE, 20, what="ALIVE")
+    sink.reset(a.warmup)
+    await ctl.call("burst", n=a.warmup)
+    await asyncio.wait_for(sink.done.wait(), 60)
+    gc.collect()
+    sink.reset(a.n)
+    cpu0 = cpu_s()
+    fake = await ctl.call("burst", n=a.n)
+    await asyncio.wait_for(sink.done.wait(), 300)
+    cpu1 = cpu_s()
+    elapsed = sink.t_last - sink.t_first
+    result = {
+        "side": "qqconn",
+        "events": a.n,
+        "delivered": sink.count,
+        "events_per_s": (a.n - 1) / elapsed,
+        "client_cpu_us_per_event": (cpu1 - cpu0) / a.n * 1e6,
+        "fake_cpu_us_per_event": fake["cpu_s"] / a.n * 1e6,
+        "fake_write_s": fake["t_end"] - fake["t_start"],
+        "frame_bytes": fake["bytes"] / a.n,
+        "dropped": mgr.dispatches_dropped,
+        "last_seq": mgr.machine.last_seq,
+        "expected_last_seq": fake["last_seq"],
+    }
+    await stop_all([mgr], [task])
+    return result
+
+
+# -- 2. time to detect a dead connection --------------------------------------------------
+
+
+async def detect(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    states = States()
+    mgr = manager(a, on_state_change=states)
+    task = asyncio.create_task(mgr.run())
+    interval = a.hb_ms / 1000
+    out: dict[str, Any] = {"side": "qqconn", "interval_s": interval}
+    rng = random.Random()
+    for fault, on, off in (
+        ("zombie", {"ack": False}, {"ack": True}),
+        ("halfopen", {"silent": True}, {"silent": False}),
+    ):
+        await until(lambda: mgr.state is State.ALIVE, 20, what="ALIVE")
+        base = mgr.machine.acks
+        await until(
+            lambda base=base: mgr.machine.acks >= base + 3, 10 * interval + 5, what="3 ACKs"
+        )
+        await asyncio.sleep(rng.uniform(0, interval))  # the fault lands at a random phase
+        conns = await ctl.call("connections")
+        live = [c for c in conns if c["closed_at"] is None]
+        t_fault = (await ctl.call("faults", **on))["at"]
+        try:
+            await until(
+                lambda t=t_fault: states.left_alive_after(t) is not None,
+                10 * interval + 5,
+                what="detection",
+            )
+        except TimeoutError:
+            out[fault] = {"detected": False}
+            await ctl.call("faults", **off)
+            continue
+        change = states.left_alive_after(t_fault)
+        assert change is not None
+        t_detect = change[0]
+        reason = mgr.machine.last_ending.reason if mgr.machine.last_ending else None
+        await ctl.call("faults", **off)
+        t_back = time.monotonic()
+        await until(lambda: mgr.state is State.ALIVE, 20, what="ALIVE again")
+        recovered_s = time.monotonic() - t_back
+        await asyncio.sleep(0.3)
+        rows = {c["index"]: c for c in await ctl.call("connections", frames=True)}
+        conn = rows[live[-1]["index"]]
+        last_ack = max((t for t in conn["acks_out"] if t <= t_fault), default=None)
+        last_frame = conn["last_out"]
+        out[fault] = {
+            "detected": True,
+            "from_last_ack_intervals": None
+            if last_ack is None
+            else (t_detect - last_ack) / interval,
+            "from_last_frame_intervals": None
+            if last_frame is None
+            else (t_detect - last_frame) / interval,
+            "from_fault_intervals": (t_detect - t_fault) / interval,
+            "reason": reason,
+            "close_code": conn["close_code"],
+            "closed_by": conn["closed_by"],
+            "socket_gone_after_detect_s": None
+            if conn["closed_at"] is None
+            else conn["closed_at"] - t_detect,
+            "resumed": conns[-1]["index"] < max(rows),
+            "alive_again_after_fault_off_s": recovered_s,
+        }
+    await stop_all([mgr], [task])
+    return out
+
+
+# -- 3. time to recover -------------------------------------------------------------------
+
+
+async def recover(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    sink = Sink(record=True)
+    states = States()
+    mgr = manager(a, on_dispatch=sink, on_state_change=states)
+    task = asyncio.create_task(mgr.run())
+    await until(lambda: mgr.state is State.ALIVE, 20, what="ALIVE")
+    sid = mgr.machine.session_id
+    # QQ rotates a connection after ~30 min; op 7 on a socket younger than the quick-drop
+    # threshold is treated as a suspicious loop and backed off (by design). Let it mature.
+    await asyncio.sleep(a.mature)
+    await ctl.call("pump_start", rate=a.rate, session_id=sid)
+    await asyncio.sleep(a.before)
+    if a.trigger == "op7":
+        t_trigger = (await ctl.call("reconnect", close_after_s=0.2))["at"]
+    else:
+        t_trigger = (await ctl.call("close", code=4009))["at"]
+    await asyncio.sleep(a.after)
+    await ctl.call("pump_stop")
+    await asyncio.sleep(0.5)
+    accepted = await ctl.call("accepted", session_id=sid)
+    conns = await ctl.call("connections", frames=True)
+    result = analyse_recovery(sink.seen, accepted, conns, t_trigger)
+    alive = [c for c in states.changes if c[0] > t_trigger and c[1] is State.ALIVE]
+    result["alive_again_s"] = alive[0][0] - t_trigger if alive else None
+    result["side"] = "qqconn"
+    result["trigger"] = a.trigger
+    await stop_all([mgr], [task])
+    return result
+
+
+# -- 4. the seed's loop -------------------------------------------------------------------
+
+
+async def seedloop(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    code = None if a.code == "none" else int(a.code)
+    await ctl.call("faults", close_new_sockets=[0.1, 100000, code])
+    fatal_at: list[float] = []
+    mgr = manager(a, on_fatal=lambda e: fatal_at.append(time.monotonic()))
+    t_run = time.monotonic()
+    error: str | None = None
+    try:
+        await asyncio.wait_for(mgr.run(), a.window)
+    except FatalError as exc:
+        error = exc.reason
+    except TimeoutError:
+        error = None
+    t_end = time.monotonic()
+    await asyncio.sleep(1.0)  # anything opened after FATAL would show now
+    conns = await ctl.call("connections")
+    t_fatal = fatal_at[0] if fatal_at else None
+    return {
+        "side": "qqconn",
+        "code": a.code,
+        "fatal": t_fatal is not None,
+        "fatal_reason": error,
+        "sockets_before_fatal": sum(
+            1 for c in conns if t_fatal is None or c["opened_at"] <= t_fatal
+        ),
+        "sockets_total": len(conns),
+        "time_to_fatal_s": None if t_fatal is None else t_fatal - conns[0]["opened_at"],
+        "time_from_run_s": None if t_fatal is None else t_fatal - t_run,
+        "window_s": t_end - t_run,
+    }
+
+
+# -- 5. many connections in one process ---------------------------------------------------
+
+
+async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    raise_nofile()
+    interval = a.hb_ms / 1000
+    changes: list[list[tuple[float, State, State, str]]] = []
+    mgrs: list[ConnectionManager] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    def add() -> None:
+        log: list[tuple[float, State, State, str]] = []
+        changes.append(log)
+        mgr = manager(
+            a,
+            on_state_change=lambda c, log=log: log.append(
+                (time.monotonic(), c.state, c.previous, c.trigger)
+            ),
+        )
+        mgrs.append(mgr)
+        tasks.append(asyncio.create_task(mgr.run()))
+
+    # One warm connection first (lazy imports, first-use caches), then the baseline.
+    add()
+    await until(lambda: mgrs[0].state is State.ALIVE, 30, what="warm-up ALIVE")
+    gc.collect()
+    rss0 = rss_kb()
+    t_ramp = time.monotonic()
+    for i in range(a.n):
+        add()
+        delay = t_ramp + (i + 1) / a.ramp_per_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i % 20 == 19:
+            await asyncio.sleep(0)
+    await until(lambda: all(m.state is State.ALIVE for m in mgrs), 300, step=0.1, what="all ALIVE")
+    ramp_s = time.monotonic() - t_ramp
+    await asyncio.sleep(2 * interval)  # first heartbeats of the last ones
+    pauses = GcPauses()
+    t0, c0, f0 = time.monotonic(), cpu_s(), await ctl.call("stats")
+    await asyncio.sleep(a.window)
+    t1, c1, f1 = time.monotonic(), cpu_s(), await ctl.call("stats")
+    gc.collect()
+    rss1 = rss_kb()
+    gaps = await ctl.call("heartbeat_gaps", since=t0, until=t1, interval_s=interval)
+    # A connection that left ALIVE before we stopped it is a false detection: the fake is
+    # healthy throughout. Counted during the ramp and during the window.
+    ended = [c for log in changes for c in log if c[2] is State.ALIVE and c[0] <= t1]
+    reasons = sorted({m.machine.last_ending.reason for m in mgrs if m.machine.last_ending})
+    result = {
+        "side": "qqconn",
+        "connections": a.n,
+        "ramp_s": ramp_s,
+        "window_s": t1 - t0,
+        "rss_baseline_kb": rss0,
+        "rss_end_kb": rss1,
+        "rss_per_conn_kb": (rss1 - rss0) / a.n,
+        **pauses.summary(t0, t1),
+        "cpu_pct_of_core": 100 * (c1 - c0) / (t1 - t0),
+        "fake_cpu_pct_of_core": 100 * (f1["cpu_s"] - f0["cpu_s"]) / (f1["t"] - f0["t"]),
+        "lateness_p50_ms": None if gaps["p50_s"] is None else 1000 * gaps["p50_s"],
+        "lateness_p99_ms": None if gaps["p99_s"] is None else 1000 * gaps["p99_s"],
+        "lateness_max_ms": None if gaps["max_s"] is None else 1000 * gaps["max_s"],
+        "heartbeat_gaps": gaps["gaps"],
+        "false_detections": len(ended),
+        "false_detections_in_window": sum(1 for c in ended if c[0] >= t0),
+        "false_detection_reasons": reasons[:5],
+        "sockets_total": (await ctl.call("stats"))["connections"],
+    }
+    t_stop = time.monotonic()
+    await stop_all(mgrs, tasks)
+    result["stop_all_s"] = time.monotonic() - t_stop
+    return result
+
+
+async def amain() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scenario", choices=["throughput", "detect", "recover", "seedloop", "many"])
+    ap.add_argument("--control", type=int, required=True)
+    ap.add_argument("--api-base", required=True)
+    ap.add_argument("--token-url", required=True)
+    ap.add_argument("--ws-url", required=True)
+    ap.add_argument("--app-id", required=True)
+    ap.add_argument("--hb-ms", type=int, default=41250)
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--warmup", type=int, default=5_000)
+    ap.add_argument("--rate", type=float, default=2000.0)
+    ap.add_argument("--before", type=float, default=1.0)
+    ap.add_argument("--mature", type=float, default=Policy().quick_disconnect_threshold_s + 0.5)
+    ap.add_argument("--after", type=float, default=2.0)
+    ap.add_argument("--trigger", choices=["op7", "close4009"], default="op7")
+    ap.add_argument("--code", default="1000")
+    ap.add_argument("--window", type=float, default=30.0)
+    ap.add_argument("--ramp-per-s", type=float, default=100.0)
+    a = ap.parse_args()
+    ctl = await Control.connect(a.control)
+    fn = {
+        "throughput": throughput,
+        "detect": detect,
+        "recover": recover,
+        "seedloop": seedloop,
+        "many": many,
+    }
+    result = await fn[a.scenario](a, ctl)
+    await ctl.close()
+    emit(result)
+
+
+def main() -> None:
+    # Logs: WARNING and above, rendered (to stderr) as in production; below that, filtered out.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    asyncio.run(amain())
+
+
+if __name__ == "__main__":
+    main()
