@@ -525,12 +525,7 @@ def gaps(r: dict[str, Any], judged: dict[str, Any]) -> str:
             "against ~0.03 µs for an int literal), a `DispatchReceived` event and a "
             "`DeliverDispatch` command object for the machine's fast path (~1 µs), and the hop "
             "through an `asyncio.Queue` to the host task (put, get, task_done, a coroutine per "
-            "event for `_deliver`, `inspect.isawaitable`). Cheap changes to those four, measured on a scratch copy of the driver, "
-            "protocol and machine on 2026-11-21 (a literal `op == 0` and "
-            "positional `Dispatch(...)`, a machine method `accept_dispatch(attempt, at, seq)` "
-            "returning deliver/drop/stale without event or command objects, and calling a "
-            "synchronous `on_dispatch` inline when the host queue is idle) took qqconn from about "
-            "0.6× to about 0.8× of bare (CPU per event 21 → 16 µs against 13–15 µs); 0.9× needs the per-event cost under ~1.5 µs above bare, i.e. no per-event "
+            "event for `_deliver`, `inspect.isawaitable`). Two of those are applied in this tree (a literal `op == 0` with positional `Dispatch(...)`, and the allocation-free machine method `accept_dispatch(attempt, at, seq)`); measured on a scratch copy, adding the other two (no per-event `_deliver` coroutine, and calling a synchronous `on_dispatch` inline when the host queue is idle) took qqconn to about 0.8× of bare (CPU per event 21 → 16 µs against 13–15 µs); 0.9× needs the per-event cost under ~1.5 µs above bare, i.e. no per-event "
             "objects besides the `Dispatch` itself and no queue hop for synchronous callbacks.\n"
         )
     z = judged.get("zombie")
@@ -621,8 +616,8 @@ def gaps(r: dict[str, Any], judged: dict[str, Any]) -> str:
         )
         out.append(
             f"**5. False zombie detections ({f[1]} in all, {f[2]} in the steady windows).** The ACK "
-            "deadline is half the Hello interval: 500 ms in this test (20 s with QQ's real 41.25 s "
-            "interval), so any stall of the event loop longer than about 500 ms reads as a dead "
+            "deadline is 0.45 of the Hello interval: 450 ms in this test (18.6 s with QQ's real 41.25 s "
+            "interval), so any stall of the event loop longer than about 450 ms reads as a dead "
             "connection (it is then closed and resumed: nothing is lost, but it is a false alarm "
             f"and a reconnect). While 1,000 managers start, {cause_start}the heap grows by about a "
             "thousand collector-tracked objects per manager, so the collector runs often and its "
