@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 soak: $(STAMP)
-	$(PY) -m pytest -q tests/test_soak.py --soak-seconds=$${SECONDS_TO_SOAK:-600}
+	$(PY) -m pytest -q -s tests/test_soak.py --soak-seconds=$${SECONDS_TO_SOAK:-600}
 
 check: lint typecheck test
 

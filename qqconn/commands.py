@@ -88,7 +88,8 @@ class CloseSocket:
 
 @dataclass(frozen=True, slots=True)
 class DeliverDispatch:
-    """Hand the dispatch with ``seq`` to the host."""
+    """Hand the dispatch with ``seq`` to the host (from the fast path; or, from a READY
+    transition, the READY frame being handled)."""
 
     seq: int | None
 

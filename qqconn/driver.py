@@ -244,6 +244,7 @@ class ConnectionManager:
         self._started = False
         self._feeding = False
         self._pending: list[ev.Event] = []
+        self._ready: proto.Dispatch | None = None  # the READY frame being fed, if any
         self.dispatches_delivered = 0
         self.dispatches_dropped = 0
         # The checkpoint a restarted process resumes from: the session, and the last seq the
@@ -428,8 +429,12 @@ class ConnectionManager:
                 )
             case cmd.Finish():
                 self._finished.set()
-            case cmd.DeliverDispatch() | cmd.DropDispatch():  # pragma: no cover - fast path only
-                raise AssertionError("dispatch commands are handled by the reader")
+            case cmd.DeliverDispatch():  # the READY being handled was adopted
+                if self._ready is not None:
+                    self._host_queue.put_nowait(self._ready)
+                    self._ready = None
+            case cmd.DropDispatch():  # pragma: no cover - the fast path decides without commands
+                raise AssertionError("dispatch drops are handled by the reader")
 
     def _timer_fired(self, timer: ev.Timer, attempt: int) -> None:
         current = self._timers.get(timer)
@@ -714,9 +719,10 @@ class ConnectionManager:
                         self.dispatches_dropped += 1
                         self._log.debug("qqconn.dispatch_replayed", seq=frame.seq)
                     continue
-                self._feed(self._event_for(frame, n, now))
                 if type(frame) is proto.Ready:
-                    put(proto.Dispatch(frame.seq, "READY", frame.data, frame.event_id))
+                    self._ready = proto.Dispatch(frame.seq, "READY", frame.data, frame.event_id)
+                self._feed(self._event_for(frame, n, now))
+                self._ready = None
                 if att.closing:  # the machine ended this attempt (op 7, op 9, ...): leave now
                     return
                 if type(frame) is proto.HeartbeatAck and self._state_file_due():

@@ -530,6 +530,9 @@ class ConnectionMachine:
         self.session_id = event.kwargs["session_id"]
         self.last_seq = event.kwargs["seq"]
         self._session_reached()
+        # READY is an event too (adapters read the bot's user from it); only an adopted one
+        # reaches the host: a READY the machine ignores must not become the resume checkpoint.
+        self._out.append(cmd.DeliverDispatch(self.last_seq))
 
     def keep_session(self, event: Any) -> None:
         seq = event.kwargs["seq"]

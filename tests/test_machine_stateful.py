@@ -502,7 +502,9 @@ class ConnectionModel(RuleBasedStateMachine):
         self.ref.session = sid
         self.ref.last_seq = seq  # READY sets last seq to its s
         self.ref.session_reached()
-        self.feed(ev.ReadyReceived(self.ref.attempt, self.now, sid, seq), Expect())
+        # An adopted READY is itself handed to the host (and only an adopted one).
+        x = Expect(dispatch=cmd.DeliverDispatch(seq))
+        self.feed(ev.ReadyReceived(self.ref.attempt, self.now, sid, seq), x)
 
     def _resumed(self, data: st.DataObject) -> None:
         last = self.ref.last_seq

@@ -710,6 +710,11 @@ class FakeGateway:
                 await sock.ws.send(item.data)
         except ConnectionClosed:
             return False
+        except (UnicodeEncodeError, TypeError, ValueError) as exc:
+            # A frame the test asked for that cannot be sent (e.g. a lone surrogate): say so,
+            # and keep this socket's writer alive.
+            log.warning("fake_gateway.unsendable_frame", error=f"{type(exc).__name__}: {exc}"[:200])
+            return False
         finally:
             if not item.auto:
                 sock.bypass -= 1

@@ -1,0 +1,1825 @@
+"""The soak engine: a seeded random schedule of every fault the fake gateway can inject, run
+against real :class:`~qqconn.ConnectionManager` s over loopback sockets, checked continuously.
+
+``tests/test_soak.py`` runs it (one manager, then fifty at once); ``make soak`` runs it for as
+long as asked. Everything random comes from one seed, printed in the summary line and in every
+failure message, so a run can be replayed with ``SOAK_SEED=<seed>`` (the fault schedule replays
+exactly; socket timing does not, which is why every oracle below reads what really happened).
+
+What one *step* is
+------------------
+Each manager starts a step from ALIVE. The scheduler draws a fault (op 7, a close frame of
+every close-code class, a drop without close frame, op 9 true/false, 4008, a single 4004, a
+zombie, a half-open server, an oversized frame, a batch of malformed frames, token and gateway
+endpoint failures, refused resumes, three failed resumes in a row, quick-drop bursts, and the
+fatal ones: a fatal close code, a quick-drop burst of ``max_quick_disconnects``, 4004 twice,
+an endpoint down for ``max_reconnect_attempts``), injects it "quick" (the connection is younger
+than ``quick_disconnect_threshold_s``) or "long" (the harness waits until the manager's own
+``machine.opened_at`` is more than the threshold ago, so the connection certainly counts as
+long), waits (bounded) for ALIVE again or FATAL, switches the fault off, and then checks.
+Dispatch traffic flows all the time from a pump task, into whatever session the gateway holds.
+
+The FATAL oracle
+----------------
+:class:`CounterModel` is behaviour.md's counter rules written a second time, from the spec:
+quick drops, failed attempts, resume failures, 4004s, forgetting the session, and the FATAL
+verdict. It is used twice:
+
+* **Differentially, on every event.** The manager's ``machine.handle`` is wrapped: every
+  event the driver feeds (time-stamped by the driver) goes to the machine and to the model,
+  and after each one the model's counters, session and FATAL verdict must equal the machine's;
+  Identify vs Resume at each Hello must follow the model's session; no socket may be opened
+  once the model says FATAL; each backoff delay must lie in the range behaviour.md gives for
+  the ending that caused it. Both see the same time stamps, so timing noise cannot make them
+  disagree: a disagreement is a bug (or a misreading of the spec; either way a finding).
+* **As the schedule's intent.** Before injecting, the scheduler simulates a copy of the model
+  over the endings the fault should cause (every uncertain detail, such as "did RESUMED arrive
+  before the burst closed the socket", is enumerated). A non-fatal fault is only scheduled
+  when no variant ends in FATAL, a fatal one only when every variant ends in the same FATAL.
+  After the step the endings that really happened are compared with the planned ones: when
+  they match, FATAL must have happened exactly as planned (with the planned retryable flag and
+  close code). When the machine's loop was so late that a planned-quick connection lived past
+  the threshold, or a zombie/attempt deadline fired without being injected, the step is
+  counted as *disturbed* (printed; more than a tenth of the steps is itself a failure) and
+  only the differential check applies to it.
+
+One rule follows the machine rather than behaviour.md's letter: op 7 on a connection younger
+than the quick threshold is followed by the ordinary backoff, not "at once"
+(``ConnectionMachine.end_op7_young``, a guard against a server that answers every RESUMED with
+op 7). It is neither a failure nor a quick drop either way, so no FATAL verdict depends on it.
+
+After a FATAL the harness checks the one notify, the FatalError from ``run()``, that no socket
+or HTTP request follows, then starts a fresh manager on the same gateway and state file (the
+file says ``fatal``, so the new manager must ignore it and Identify) and goes on.
+
+Exactly once, in order: the accounting
+--------------------------------------
+The truth is the fake gateway: ``gw.accepted(sid)`` lists the ``s`` of every dispatch the
+server accepted into session ``sid`` (READY is ``s = 1`` and is not in that list; the fake
+numbers a session's dispatches 2, 3, 4, … without gaps). Every pumped dispatch carries its
+session id in ``d``. The host (:class:`Ledger`) checks each delivery as it arrives: READY of a
+session first and once, then ``s`` = previous + 1 for that session. So at any moment what the
+host got of a session is a prefix of what the server accepted: a duplicate or a gap is a
+violation the moment it happens.
+
+At the end of every step, with the pump paused, the session the manager holds (it must be the
+gateway's current one) must be delivered completely: host's last ``s`` == server's last ``s``.
+A Resume must lose nothing.
+
+A session stops being held in exactly three legitimate ways, and what the server accepted into
+it after the host's last ``s`` is then *lost by the protocol*, counted separately:
+
+* ``lost_forgotten``: the machine forgot the session (op 9 false, 4006/4007/49xx, three failed
+  resumes); the model must agree that the rules required it (differential check above);
+* ``lost_fatal``: the manager ended in FATAL while holding it (a fresh manager Identifies);
+* ``lost_unlearned``: the server created it on an Identify whose READY never reached the host
+  (the socket was cut first), so the client never held it.
+
+At the end: sent (accepted) == delivered + lost_forgotten + lost_fatal + lost_unlearned, with
+duplicated == 0 and gaps == 0, and any session with a loss must be in one of those three sets.
+
+Leaks
+-----
+The baseline (asyncio tasks by coroutine, open file descriptors, sockets among them, and live
+WebSocket connections per gateway) is taken once everything is ALIVE, at a moment when no
+heartbeat send task happens to run. With one manager the same figures must come back to the
+baseline after every recovered fault; with fifty, every slot steps on its own and every few
+seconds all of them park between steps (a barrier) for the same comparison. "Come back" is
+"eventually equal within a few seconds" (send tasks live for a moment); HTTP keep-alive
+connections follow httpx's pool policy, so they are only bounded (two per manager at most) and
+taken out of the exact comparison. A miss is a leak, reported with the difference by task
+coroutine and descriptor kind, then re-baselined. The harness's own tasks are named ``soak-…``
+and not counted.
+
+State file
+----------
+A thread re-reads every state file in a tight loop: it must always parse (the write is
+atomic) and never hold the client secret. On the loop side, at every await point the file's
+``state`` must equal ``manager.state`` (the driver writes synchronously on every change), its
+session must be one the host was given READY for, and its ``last_seq`` no larger than what the
+host finished. The only moment excluded is a fresh manager whose ``run()`` has not started:
+until then the file is still the previous manager's (``fatal``); ``run()`` rewrites it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import structlog
+from structlog.testing import capture_logs
+
+from qqconn import ConnectionManager, FatalError, Policy, State
+from qqconn import commands as cmd
+from qqconn import events as ev
+from qqconn.events import Timer
+from qqconn.protocol import Dispatch
+from qqconn.testing import FakeGateway
+
+__all__ = [
+    "SOAK_POLICY",
+    "CounterModel",
+    "End",
+    "Planned",
+    "SoakReport",
+    "predict",
+    "run_soak",
+]
+
+SECRET = "soak-s3cret-value"
+INTENTS = 1 << 30 | 1 << 25
+#: Hello interval of the fake gateways. With heartbeat_ack_timeout_ratio 1.0 an ACK may be
+#: up to one interval late before the connection counts as a zombie: loop lag below that
+#: never produces a false zombie.
+HB_MS = 250
+#: The margin the harness adds to the quick threshold before a "long" injection.
+LONG_MARGIN_S = 0.05
+
+SOAK_POLICY = Policy(
+    quick_disconnect_threshold_s=0.4,
+    max_quick_disconnects=3,
+    max_reconnect_attempts=5,
+    backoff_s=(0.05, 0.1, 0.2),
+    backoff_jitter=0.2,
+    rate_limit_wait_s=0.3,
+    connect_timeout_s=3.0,
+    rotation_delay_s=(0.0, 0.02),
+    invalid_session_delay_s=(0.05, 0.1),
+    max_resume_failures=3,
+    default_heartbeat_interval_s=0.25,
+    heartbeat_ack_timeout_ratio=1.0,
+    stale_after_intervals=3.0,
+    close_timeout_s=0.5,
+    max_frame_bytes=64 * 1024,
+)
+
+FATAL_CODES = frozenset({4001, 4002, 4010, 4011, 4012, 4013, 4014, 4914, 4915, 4924})
+TRANSIENT_CODES = (1000, 1001, 1011)
+IDENTIFY_CODES = (4006, 4007, 4900, 4903, 4913, 4950)
+ZOMBIE_CLOSE_CODE = 4000  # what the machine closes a zombie/stale socket with
+
+
+# =================================================================================================
+# The reference model of behaviour.md's counters
+# =================================================================================================
+
+
+@dataclass(frozen=True)
+class End:
+    """One end of a connection attempt, as behaviour.md's counters need to know it.
+
+    ``kind``: ``close`` (a close frame, or none: ``code`` None), ``op7``, ``op9``,
+    ``watchdog`` (zombie, stale, failed heartbeat sends: decided by the client),
+    ``pre_socket`` (token/URL/handshake failure or deadline before the socket opened),
+    ``deadline`` (no READY/RESUMED in time after the socket opened).
+    ``quick``: None when no socket opened, else whether it lived less than the threshold.
+    """
+
+    kind: str
+    code: int | None = None
+    resumable: bool = False
+    quick: bool | None = None
+    reached: bool = False
+    hello: bool = False
+
+    def label(self) -> str:
+        if self.kind == "close":
+            return f"close {self.code}" if self.code is not None else "drop"
+        if self.kind == "op9":
+            return f"op9 {str(self.resumable).lower()}"
+        return self.kind
+
+
+#: Float time stamps: "opened at t, ended 5.00 s later" may subtract to 4.9999999999 s.
+#: behaviour.md says 5.00 s is not quick, so half a microsecond of grace (as the machine has).
+LIVED_GRACE_S = 5e-7
+
+
+def lived_is_quick(lived: float, policy: Policy) -> bool:
+    """behaviour.md §Counters 1: quick when it lived less than the threshold (4.99 s is, 5.00 s
+    is not)."""
+    return lived + LIVED_GRACE_S < policy.quick_disconnect_threshold_s
+
+
+def forgets_session(end: End) -> bool:
+    """behaviour.md: op 9 false; close 4006, 4007, 49xx except the fatal ones."""
+    if end.kind == "op9":
+        return not end.resumable
+    if end.kind == "close" and end.code is not None:
+        return end.code in (4006, 4007) or (
+            4900 <= end.code <= 4999 and end.code not in FATAL_CODES
+        )
+    return False
+
+
+def ending_code(end: End) -> int | None:
+    """The close code a FATAL caused by this ending reports."""
+    if end.kind == "close":
+        return end.code
+    if end.kind == "watchdog":
+        return end.code
+    return None
+
+
+@dataclass
+class CounterModel:
+    """behaviour.md's counters, written again from the spec (see the module docstring)."""
+
+    policy: Policy
+    quick: int = 0
+    failed: int = 0
+    resume_failures: int = 0
+    auth_failures: int = 0
+    session: str | None = None
+    #: (retryable, close_code) once FATAL is required.
+    fatal: tuple[bool, int | None] | None = None
+    #: Why the last session was dropped: "forgotten" or "fatal".
+    released: list[tuple[str, str]] = field(default_factory=list)
+
+    def copy(self) -> CounterModel:
+        return replace(self, released=[])
+
+    def reach(self, session_id: str | None) -> None:
+        """READY (with its session) or RESUMED (None) arrived: the attempt budget is whole again."""
+        if session_id is not None:
+            self.session = session_id
+        self.failed = 0
+        self.resume_failures = 0
+        self.auth_failures = 0
+
+    def end(self, e: End, *, sent_resume: bool) -> None:
+        """Apply one connection end (the rules of behaviour.md §Counters and the code table)."""
+        p = self.policy
+        if self.fatal is not None:
+            return
+        if e.kind == "close" and e.code in FATAL_CODES:
+            self._give_up(False, e.code)
+            return
+        auth = e.kind == "close" and e.code == 4004
+        if auth and self.auth_failures >= 1:
+            self._give_up(False, 4004)
+            return
+        quick_drop = False
+        if e.kind != "op7" and e.quick is not None:
+            if e.quick:
+                self.quick += 1
+                quick_drop = True
+            else:
+                self.quick = 0
+        if not e.reached or (e.kind == "close" and e.code == 4008):
+            self.failed += 1
+        if sent_resume and not e.reached:
+            self.resume_failures += 1
+        if auth:
+            self.auth_failures += 1
+        if (forgets_session(e) or self.resume_failures >= p.max_resume_failures) and (
+            self.session is not None
+        ):
+            self.released.append((self.session, "forgotten"))
+            self.session = None
+            self.resume_failures = 0
+        if (
+            quick_drop and self.quick >= p.max_quick_disconnects
+        ) or self.failed >= p.max_reconnect_attempts:
+            self._give_up(True, ending_code(e))
+
+    def _give_up(self, retryable: bool, code: int | None) -> None:
+        self.fatal = (retryable, code)
+        if self.session is not None:
+            self.released.append((self.session, "fatal"))
+
+    def apply(self, e: End) -> None:
+        """Simulation: one whole connection (Hello, maybe READY/RESUMED, then its end)."""
+        sent_resume = e.hello and self.session is not None
+        if e.reached:
+            self.reach(None if self.session is not None else "simulated-session")
+        self.end(e, sent_resume=sent_resume)
+
+    def backoff_range(self, e: End) -> tuple[float, float]:
+        """The delay behaviour.md allows before the attempt that follows ``e``."""
+        p = self.policy
+        if e.kind == "op7" and e.reached and not e.quick:
+            return (0.0, 0.0)
+        # op 7 on a connection younger than the quick threshold: the machine backs off (see
+        # ConnectionMachine.end_op7_young: a deliberate guard against an op 7 loop, reported
+        # as a deviation from behaviour.md's "reconnect at once"); it falls to the backoff row.
+        if e.kind == "close" and e.code == 4009:
+            return p.rotation_delay_s
+        if e.kind == "close" and e.code == 4008:
+            return (p.rate_limit_wait_s, p.rate_limit_wait_s)
+        if e.kind == "op9" and e.resumable:
+            return p.invalid_session_delay_s
+        base = p.backoff_s[min(max(self.failed - 1, 0), len(p.backoff_s) - 1)]
+        return (base * (1 - p.backoff_jitter), base * (1 + p.backoff_jitter))
+
+
+@dataclass(frozen=True)
+class Planned:
+    """An ending a fault should cause. Tuples list every value that may happen."""
+
+    kind: str
+    code: int | None = None
+    resumable: bool = False
+    quick: tuple[bool | None, ...] = (None,)
+    reached: tuple[bool, ...] = (True,)
+    hello: tuple[bool, ...] = (True,)
+    #: The harness made the timing certain (a "long" injection): a mismatch is a bug.
+    certain: bool = False
+    #: Endings that may replace this one when the loop runs late (a disturbance, not a bug).
+    alt: tuple[str, ...] = ()
+
+    def variants(self) -> Iterable[End]:
+        for quick, reached, hello in itertools.product(self.quick, self.reached, self.hello):
+            if reached and not hello:
+                continue
+            yield End(self.kind, self.code, self.resumable, quick, reached, hello)
+
+    def label(self) -> str:
+        return End(self.kind, self.code, self.resumable).label()
+
+
+def predict(model: CounterModel, plan: Sequence[Planned]) -> set[tuple[bool, int | None] | None]:
+    """Every FATAL verdict (None: no FATAL) the planned endings can lead to from ``model``."""
+    outcomes: set[tuple[bool, int | None] | None] = set()
+    for combo in itertools.product(*(list(p.variants()) for p in plan)):
+        sim = model.copy()
+        for end in combo:
+            sim.apply(end)
+            if sim.fatal is not None:
+                break
+        outcomes.add(sim.fatal)
+    return outcomes
+
+
+# =================================================================================================
+# Reporting
+# =================================================================================================
+
+
+@dataclass
+class SoakReport:
+    """Everything a soak run counts; ``violations`` must stay empty."""
+
+    seed: int
+    managers: int = 0
+    faults: int = 0
+    by_fault: Counter[str] = field(default_factory=Counter)
+    fatal_planned: int = 0
+    fatal_unplanned: int = 0
+    disturbed: int = 0
+    disturbances: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    delivered: int = 0
+    duplicated: int = 0
+    gaps: int = 0
+    lost_forgotten: int = 0
+    lost_fatal: int = 0
+    lost_unlearned: int = 0
+    leaks: int = 0
+    leak_checks: int = 0
+    reconnects: int = 0
+    bad_frames: int = 0
+    state_file_reads: int = 0
+    max_lag_s: float = 0.0
+    phase: str = "start"
+    lag_spikes: Counter[str] = field(default_factory=Counter)
+    phase_time: Counter[str] = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+    violations: list[str] = field(default_factory=list)
+
+    def violation(self, text: str) -> None:
+        if len(self.violations) < 200:
+            self.violations.append(text)
+
+    @property
+    def lost(self) -> int:
+        return self.lost_forgotten + self.lost_fatal + self.lost_unlearned
+
+    def line(self, label: str) -> str:
+        return (
+            f"soak[{label}] seed={self.seed} faults={self.faults} events sent={self.sent} "
+            f"delivered={self.delivered} lost={self.lost} (forgotten={self.lost_forgotten} "
+            f"fatal={self.lost_fatal} unlearned={self.lost_unlearned}) "
+            f"duplicated={self.duplicated} gaps={self.gaps} managers={self.managers} "
+            f"fatal={self.fatal_planned}+{self.fatal_unplanned} unplanned "
+            f"reconnects={self.reconnects} leaks={self.leaks}/{self.leak_checks} checks "
+            f"bad_frames={self.bad_frames} disturbed={self.disturbed} "
+            f"state_file_reads={self.state_file_reads} max_lag={self.max_lag_s * 1000:.0f}ms "
+            f"lag_spikes={dict(self.lag_spikes)} "
+            f"phases={ {k: round(v, 1) for k, v in self.phase_time.items()} } "
+            f"time={self.elapsed_s:.1f}s violations={len(self.violations)}"
+        )
+
+    def failure(self, label: str) -> str:
+        head = "\n".join(self.violations[:25])
+        return (
+            f"{self.line(label)}\nreplay with SOAK_SEED={self.seed}\n"
+            f"faults: {dict(self.by_fault)}\ndisturbances: {dict(self.disturbances)}\n{head}"
+        )
+
+
+class LogTap:
+    """A structlog processor (used inside ``capture_logs``) that counts every log line, keeps
+    the alarming ones, and drops the rest so a long soak does not hoard memory."""
+
+    ALARMS = ("qqconn.internal_error", "qqconn.callback_failed")
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.by_app: dict[str, Counter[str]] = {}
+        self.alarms: list[dict[str, Any]] = []
+        self.longest_bad_frame_error = 0
+
+    def __call__(self, _logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+        name = str(event_dict.get("event"))
+        self.counts[name] += 1
+        app = event_dict.get("app_id")
+        if isinstance(app, str):
+            self.by_app.setdefault(app, Counter())[name] += 1
+        if name == "qqconn.bad_frame":
+            self.longest_bad_frame_error = max(
+                self.longest_bad_frame_error, len(str(event_dict.get("error", "")))
+            )
+        if (name in self.ALARMS or method in ("exception", "critical")) and len(self.alarms) < 50:
+            self.alarms.append({k: str(v)[:300] for k, v in event_dict.items()})
+        raise structlog.DropEvent
+
+    def count(self, app: str, name: str) -> int:
+        return self.by_app.get(app, Counter())[name]
+
+
+class _ErrorRecords(logging.Handler):
+    """Collects ERROR records of the ``websockets`` logger (a handler crashing in the fake)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < 20:
+            self.records.append(f"{record.name}: {record.getMessage()} {record.exc_text or ''}")
+
+
+# =================================================================================================
+# Resources (leaks)
+# =================================================================================================
+
+
+def _task_label(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", type(coro).__name__)
+
+
+#: Task of one HTTP keep-alive connection on the fake's side; its connection has two file
+#: descriptors (the manager's pooled client socket and the fake's server socket).
+HTTP_TASK = "H11Server._serve"
+#: Tasks that live for a moment by design (one per heartbeat or other send).
+TRANSIENT_TASKS = frozenset({"ConnectionManager._send"})
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Tasks, file descriptors and sockets of the process at one moment.
+
+    HTTP keep-alive connections (httpx's pool in each manager, and the fake's handler for each)
+    come and go with the pool's own policy, so they are counted apart and only bounded (two per
+    manager at most); everything else must equal the baseline exactly. The harness's own tasks
+    (named ``soak-…``) are not counted."""
+
+    tasks: Counter[str]
+    fds: dict[str, str]
+    http: int
+
+    @classmethod
+    def now(cls) -> Resources:
+        tasks = Counter(
+            _task_label(t)
+            for t in asyncio.all_tasks()
+            if not t.done() and not t.get_name().startswith("soak-")
+        )
+        fds: dict[str, str] = {}
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                fds[name] = os.readlink(f"/proc/self/fd/{name}")
+        http = tasks.pop(HTTP_TASK, 0)
+        return cls(tasks, fds, http)
+
+    @property
+    def sockets(self) -> int:
+        return sum(1 for target in self.fds.values() if target.startswith("socket:"))
+
+    @property
+    def quiet(self) -> bool:
+        """No task that only lives for a moment is running."""
+        return not any(self.tasks[t] for t in TRANSIENT_TASKS)
+
+    def same_as(self, other: Resources, *, managers: int) -> bool:
+        return (
+            sum(self.tasks.values()) == sum(other.tasks.values())
+            and len(self.fds) - 2 * self.http == len(other.fds) - 2 * other.http
+            and self.sockets - 2 * self.http == other.sockets - 2 * other.http
+            and self.http <= 2 * managers
+        )
+
+    def diff(self, base: Resources) -> str:
+        more = self.tasks - base.tasks
+        fewer = base.tasks - self.tasks
+        kinds = Counter(t.split(":", 1)[0] for t in self.fds.values())
+        base_kinds = Counter(t.split(":", 1)[0] for t in base.fds.values())
+        return (
+            f"tasks {sum(base.tasks.values())}->{sum(self.tasks.values())} "
+            f"(+{dict(more)} -{dict(fewer)}), fds {len(base.fds)}->{len(self.fds)} "
+            f"(+{dict(kinds - base_kinds)} -{dict(base_kinds - kinds)}), "
+            f"sockets {base.sockets}->{self.sockets}, HTTP keep-alive connections "
+            f"{base.http}->{self.http}"
+        )
+
+
+class StateFileWatcher(threading.Thread):
+    """Re-reads every state file in a loop from another thread: each must always parse as a
+    JSON object with a known state and never contain the client secret (atomic writes)."""
+
+    STATES = frozenset(s.value for s in State)
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        super().__init__(name="soak-state-file-watcher", daemon=True)
+        self.paths = list(paths)
+        self.stop_event = threading.Event()
+        self.reads = 0
+        self.problems: list[str] = []
+        self._seen: set[Path] = set()
+
+    def run(self) -> None:
+        # One file every 3 ms: often enough to land inside writes, rarely enough not to
+        # starve the event loop of the GIL.
+        for path in itertools.cycle(self.paths):
+            if self.stop_event.wait(0.003):
+                return
+            self._check(path)
+
+    def _check(self, path: Path) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if path in self._seen:
+                self._problem(f"{path.name}: vanished after it was written")
+            return
+        self._seen.add(path)
+        self.reads += 1
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            self._problem(f"{path.name}: does not parse ({exc}): {text[:120]!r}")
+            return
+        if not isinstance(doc, dict) or doc.get("state") not in self.STATES:
+            self._problem(f"{path.name}: not a snapshot: {text[:120]!r}")
+        if SECRET in text:
+            self._problem(f"{path.name}: holds the client secret")
+
+    def _problem(self, text: str) -> None:
+        if len(self.problems) < 20:
+            self.problems.append(text)
+
+
+# =================================================================================================
+# The host: exactly once, in order
+# =================================================================================================
+
+
+class Ledger:
+    """The host's view: checks every delivery the moment it arrives (see the module docstring)."""
+
+    def __init__(self, report: SoakReport, name: str) -> None:
+        self.report = report
+        self.name = name
+        #: session id -> last s the host was given (READY = 1)
+        self.last: dict[str, int] = {}
+        self.delivered = 0
+
+    def on_dispatch(self, d: Dispatch) -> None:
+        if d.type == "READY":
+            sid = d.data.get("session_id") if isinstance(d.data, dict) else None
+            if not isinstance(sid, str) or sid in self.last or d.seq != 1:
+                self.report.violation(f"{self.name}: READY repeated or malformed: {sid} s={d.seq}")
+            if isinstance(sid, str):
+                self.last.setdefault(sid, 1)
+            return
+        sid = d.data.get("sid") if isinstance(d.data, dict) else None
+        seq = d.seq
+        last = self.last.get(sid) if isinstance(sid, str) else None
+        if last is None or seq is None:
+            self.report.violation(
+                f"{self.name}: dispatch s={seq} of session {sid} before its READY"
+            )
+            return
+        if seq == last + 1:
+            self.last[sid] = seq
+            self.delivered += 1
+        elif seq <= last:
+            self.report.duplicated += 1
+            self.report.violation(f"{self.name}: duplicate s={seq} of {sid} (host had {last})")
+        else:
+            self.report.gaps += seq - last - 1
+            self.report.violation(f"{self.name}: gap: s={seq} of {sid} after {last}")
+            self.last[sid] = seq
+            self.delivered += 1
+
+
+# =================================================================================================
+# The observer: the model, fed with what the driver feeds the machine
+# =================================================================================================
+
+
+@dataclass
+class _Conn:
+    attempt: int = 0
+    open: bool = False
+    opened_at: float | None = None
+    hello: bool = False
+    sent_resume: bool = False
+    reached: bool = False
+    phase: str = "connecting"
+
+
+class Observer:
+    """Wraps one manager's ``machine.handle``: feeds :class:`CounterModel` the same events,
+    compares after each, records endings for the step, and runs one-shot fault releases."""
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
+        self.report = slot.report
+        self.policy = slot.policy
+        self.model = CounterModel(self.policy)
+        self.conn = _Conn()
+        self.endings: list[tuple[End, float | None]] = []  # all, for this step
+        self._after_endings: list[tuple[int, Callable[[], None]]] = []
+        self._on_open: list[Callable[[], None]] = []
+        self._recent: list[str] = []
+        self.last_end: End | None = None
+
+    # -- hooks (run synchronously, inside the driver's feed, so timing is exact) -------------
+
+    def after_endings(self, n: int, action: Callable[[], None]) -> None:
+        """Run ``action`` once ``n`` more connection ends have been seen."""
+        self._after_endings.append((len(self.endings) + n, action))
+
+    def on_next_open(self, action: Callable[[], None]) -> None:
+        """Run ``action`` when the machine next orders a socket opened."""
+        self._on_open.append(action)
+
+    @property
+    def pending_hooks(self) -> int:
+        return len(self._after_endings) + len(self._on_open)
+
+    def drop_hooks(self) -> None:
+        self._after_endings.clear()
+        self._on_open.clear()
+
+    def begin_step(self) -> None:
+        self.endings = []
+        self.drop_hooks()
+
+    # -- wiring -------------------------------------------------------------------------------
+
+    def attach(self, mgr: ConnectionManager) -> None:
+        self.model = CounterModel(self.policy)
+        self.conn = _Conn()
+        self.last_end = None
+        machine = mgr.machine
+        real = machine.handle
+
+        def handle(event: ev.Event) -> list[cmd.Command]:
+            if type(event) is ev.DispatchReceived:
+                return real(event)
+            out = real(event)
+            try:
+                self._observe(event, out)
+            except Exception as exc:  # the harness must never break the manager
+                self.report.violation(f"{self.slot.name}: observer crashed: {exc!r}")
+            return out
+
+        machine.handle = handle  # type: ignore[method-assign]
+
+    # -- the comparison -----------------------------------------------------------------------
+
+    def _observe(self, event: ev.Event, out: list[cmd.Command]) -> None:
+        model, conn = self.model, self.conn
+        self._recent.append(f"{type(event).__name__}{_brief(event)}")
+        del self._recent[:-30]
+        attempt = getattr(event, "attempt", None)
+        current = attempt == conn.attempt and conn.open
+        ending: End | None = None
+        match event:
+            case ev.SocketOpened() if current:
+                conn.opened_at = event.at
+            case ev.HelloReceived() if current and conn.phase == "connecting":
+                conn.phase = "identified"
+                conn.hello = True
+                conn.sent_resume = model.session is not None
+                self._check_greeting(out)
+            case ev.ReadyReceived() if current and conn.phase == "identified":
+                model.reach(event.session_id)
+                conn.reached, conn.phase = True, "alive"
+            case ev.ResumedReceived() if (
+                current and conn.phase == "identified" and conn.sent_resume
+            ):
+                model.reach(None)
+                conn.reached, conn.phase = True, "alive"
+            case ev.SocketClosed() if current:
+                ending = self._end("close", event.code, event.at)
+            case ev.InvalidSessionReceived() if current:
+                ending = self._end("op9", None, event.at, resumable=event.resumable)
+            case ev.ReconnectRequested() if current:
+                ending = self._end("op7", None, event.at)
+            case ev.ConnectFailed() if current:
+                ending = self._end("pre_socket", None, event.at)
+            case ev.TimerFired(timer=Timer.ATTEMPT_DEADLINE) if current:
+                kind = "pre_socket" if conn.opened_at is None else "deadline"
+                ending = self._end(kind, None, event.at)
+            case ev.TimerFired() | ev.HeartbeatSendFailed() if current and any(
+                isinstance(c, cmd.CloseSocket) and c.attempt == conn.attempt for c in out
+            ):
+                code = None if isinstance(event, ev.HeartbeatSendFailed) else ZOMBIE_CLOSE_CODE
+                ending = self._end("watchdog", code, event.at)
+            case ev.StopRequested():
+                conn.open = False
+            case _:
+                pass
+        for command in out:
+            if isinstance(command, cmd.OpenSocket):
+                self._opening(command)
+            elif isinstance(command, cmd.StartTimer) and command.timer is Timer.BACKOFF:
+                self._check_backoff(command.delay_s)
+        self._compare(event)
+        if ending is not None:
+            self._run_ending_hooks()
+
+    def _end(self, kind: str, code: int | None, at: float, *, resumable: bool = False) -> End:
+        conn = self.conn
+        quick = None
+        if conn.opened_at is not None:
+            quick = lived_is_quick(at - conn.opened_at, self.policy)
+        end = End(kind, code, resumable, quick, conn.reached, conn.hello)
+        self.model.end(end, sent_resume=conn.sent_resume)
+        conn.open = False
+        self.last_end = end
+        lived = None if conn.opened_at is None else at - conn.opened_at
+        self.endings.append((end, lived))
+        for sid, why in self.model.released:
+            self.slot.released[sid] = why
+        self.model.released.clear()
+        return end
+
+    def _opening(self, command: cmd.OpenSocket) -> None:
+        if self.model.fatal is not None:
+            self.report.violation(
+                f"{self.slot.name}: socket {command.attempt} ordered after FATAL was required"
+            )
+        if command.attempt != self.conn.attempt + 1:
+            self.report.violation(
+                f"{self.slot.name}: attempt {command.attempt} follows {self.conn.attempt}"
+            )
+        self.conn = _Conn(attempt=command.attempt, open=True)
+        actions, self._on_open = self._on_open, []
+        for action in actions:
+            action()
+
+    def _run_ending_hooks(self) -> None:
+        due = [a for n, a in self._after_endings if len(self.endings) >= n]
+        self._after_endings = [(n, a) for n, a in self._after_endings if len(self.endings) < n]
+        for action in due:
+            action()
+
+    def _check_greeting(self, out: list[cmd.Command]) -> None:
+        resumes = [c for c in out if isinstance(c, cmd.SendResume)]
+        identifies = [c for c in out if isinstance(c, cmd.SendIdentify)]
+        if self.conn.sent_resume:
+            ok = (
+                len(resumes) == 1 and not identifies and resumes[0].session_id == self.model.session
+            )
+        else:
+            ok = len(identifies) == 1 and not resumes
+        if not ok:
+            self.report.violation(
+                f"{self.slot.name}: at Hello the model holds session {self.model.session}, "
+                f"the machine sent {[type(c).__name__ for c in out]}"
+            )
+
+    def _check_backoff(self, delay: float) -> None:
+        if self.last_end is None:
+            return
+        lo, hi = self.model.backoff_range(self.last_end)
+        if not lo - 1e-9 <= delay <= hi + 1e-9:
+            self.report.violation(
+                f"{self.slot.name}: backoff {delay:.3f}s after {self.last_end.label()} "
+                f"(failed={self.model.failed}) outside [{lo:.3f}, {hi:.3f}]"
+            )
+
+    def _compare(self, event: ev.Event) -> None:
+        m = self.slot.mgr.machine
+        model = self.model
+        actual_fatal = None if m.fatal is None else (m.fatal.retryable, m.fatal.close_code)
+        mine = (model.quick, model.failed, model.resume_failures, model.session, model.fatal)
+        theirs = (m.quick_drops, m.failed_attempts, m.resume_failures, m.session_id, actual_fatal)
+        if mine != theirs:
+            self.report.violation(
+                f"{self.slot.name}: model and machine disagree after {type(event).__name__}: "
+                f"(quick, failed, resume_failures, session, fatal) model={mine} "
+                f"machine={theirs}; recent events: {' '.join(self._recent[-12:])}"
+            )
+            # Resynchronise, so one disagreement is reported once.
+            model.quick, model.failed = m.quick_drops, m.failed_attempts
+            model.resume_failures, model.session = m.resume_failures, m.session_id
+            model.fatal = actual_fatal
+
+
+def _brief(event: ev.Event) -> str:
+    match event:
+        case ev.SocketClosed(code=code):
+            return f"({code})"
+        case ev.TimerFired(timer=timer):
+            return f"({timer.value})"
+        case ev.InvalidSessionReceived(resumable=r):
+            return f"({r})"
+    return ""
+
+
+# =================================================================================================
+# One manager slot: a gateway, the manager of the moment, its host, model and pump
+# =================================================================================================
+
+
+class StepTimeout(Exception):
+    """A bounded wait ran out."""
+
+
+async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` (every 2 ms at first, backing off to 20 ms, so that fifty slots
+    waiting at once do not eat the loop); :class:`StepTimeout` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pause = 0.002
+    while not predicate():
+        if loop.time() > deadline:
+            raise StepTimeout(f"{what}: still false after {timeout:g} s")
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, 0.02)
+
+
+class Slot:
+    """One gateway and the manager generations that run against it."""
+
+    def __init__(
+        self,
+        index: int,
+        report: SoakReport,
+        tap: LogTap,
+        state_dir: Path,
+        policy: Policy,
+        seed: int,
+        pump_rate: tuple[int, float, float],
+        hb_ms: int = HB_MS,
+    ) -> None:
+        self.index = index
+        self.name = f"slot{index}"
+        self.app_id = f"{10000 + index}"
+        self.report = report
+        self.tap = tap
+        self.policy = policy
+        self.state_file = state_dir / f"state-{index}.json"
+        self.seed = seed
+        self.rng = random.Random(seed)  # the schedule
+        self.pump_rng = random.Random(seed ^ 0x5EED)  # the traffic
+        self.pump_rate = pump_rate
+        self.gw = FakeGateway(
+            app_id=self.app_id,
+            client_secret=SECRET,
+            heartbeat_interval_ms=hb_ms,
+            token_ttl_s=50.0,  # every attempt fetches a token, so token faults bite
+            seed=seed,
+        )
+        self.ledger = Ledger(report, self.name)
+        self.observer = Observer(self)
+        #: session id -> why the client let it go ("forgotten", "fatal")
+        self.released: dict[str, str] = {}
+        self.mgr: ConnectionManager | None = None  # type: ignore[assignment]
+        self.task: asyncio.Task[None] = None  # type: ignore[assignment]
+        self.fatals: list[FatalError] = []
+        self.generation = 0
+        self.paused = True
+        self.closed = False
+        self._pump: asyncio.Task[None] | None = None
+        self._pumped = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.gw.start()
+        self._new_manager()
+        self._pump = asyncio.create_task(self._pump_loop(), name=f"soak-pump-{self.index}")
+        await until(lambda: self.mgr.state is State.ALIVE, 10, f"{self.name}: first ALIVE")
+        self.paused = False
+
+    def _new_manager(self) -> None:
+        self.generation += 1
+        self.report.managers += 1
+        self.fatals = []
+        self.mgr = ConnectionManager(
+            app_id=self.app_id,
+            client_secret=SECRET,
+            intents=INTENTS,
+            policy=self.policy,
+            api_base=self.gw.api_base,
+            token_url=self.gw.token_url,
+            on_dispatch=self.ledger.on_dispatch,
+            on_fatal=self.fatals.append,
+            state_file=self.state_file,
+            rng=random.Random(self.seed * 1000 + self.generation),
+        )
+        self.observer.attach(self.mgr)
+        self.task = asyncio.create_task(self.mgr.run(), name=f"manager-run-{self.index}")
+
+    async def close(self) -> None:
+        """Flush, stop the manager (bounded, quiet, final), stop the pump, close the gateway."""
+        self.closed = True
+        if self.mgr is None:
+            await self.gw.aclose()
+            return
+        if self.mgr.state is State.ALIVE:
+            await self.flush()
+        self.paused = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self.mgr.stop()
+        if loop.time() - started > self.policy.close_timeout_s * 2 + 1:
+            self.report.violation(f"{self.name}: stop() took {loop.time() - started:.2f}s")
+        try:
+            async with asyncio.timeout(5):
+                await self.task
+        except FatalError:
+            pass
+        except Exception as exc:
+            self.report.violation(f"{self.name}: run() ended with {exc!r}")
+        if self.mgr.state is not State.STOPPED and self.mgr.state is not State.FATAL:
+            self.report.violation(f"{self.name}: state {self.mgr.state} after stop()")
+        self.check_state_file()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        await self.gw.aclose()
+
+    # -- traffic ------------------------------------------------------------------------------
+
+    async def _pump_loop(self) -> None:
+        rng = self.pump_rng
+        burst_max, lo, hi = self.pump_rate
+        while True:
+            await asyncio.sleep(rng.uniform(lo, hi))
+            if self.paused:
+                continue
+            sid = self.gw.current_session_id
+            if sid is None:
+                continue
+            for _ in range(rng.randint(1, burst_max)):
+                self._pumped += 1
+                self.gw.dispatch_nowait("SOAK_EVENT", {"sid": sid, "n": self._pumped})
+
+    async def flush(self) -> None:
+        """Pause the pump and wait until the held session is delivered completely."""
+        self.paused = True
+        held = self.mgr.machine.session_id
+        current = self.gw.current_session_id
+        if held != current:
+            self.report.violation(
+                f"{self.name}: manager holds session {held}, the gateway's is {current}"
+            )
+            return
+        if held is None:
+            return
+        target = self.gw.session_seq(held)
+        m = self.mgr.machine
+        try:
+            await until(
+                lambda: self.ledger.last.get(held, 0) >= target or m.session_id != held,
+                5,
+                f"{self.name}: host got s={self.ledger.last.get(held)} of {target} (held session)",
+            )
+        except StepTimeout as exc:
+            self.report.violation(f"{exc} (missing events of a held session)")
+        # If the session was let go meanwhile (the model vets why), its rest is accounted
+        # for at the end as lost with a forgotten session.
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def check_state_file(self) -> None:
+        """The file agrees with the manager at this await point (see the module docstring)."""
+        m = self.mgr.machine
+        if m.attempt == 0:
+            return  # run() has not started yet: the file is still the previous manager's
+        try:
+            text = self.state_file.read_text(encoding="utf-8")
+            doc = json.loads(text)
+        except (OSError, ValueError) as exc:
+            self.report.violation(f"{self.name}: state file unreadable: {exc!r}")
+            return
+        if doc.get("state") != m.state.value:
+            self.report.violation(
+                f"{self.name}: state file says {doc.get('state')!r}, manager is {m.state.value!r}"
+            )
+        sid = doc.get("session_id")
+        if sid is not None and sid not in self.ledger.last:
+            self.report.violation(f"{self.name}: state file names session {sid} the host never had")
+        last = doc.get("last_seq")
+        if sid is not None and last is not None and last > self.ledger.last.get(sid, 0):
+            self.report.violation(f"{self.name}: state file last_seq {last} beyond the host's")
+        if m.fatal is not None:
+            want = {
+                "reason": m.fatal.reason,
+                "close_code": m.fatal.close_code,
+                "retryable": m.fatal.retryable,
+            }
+            if doc.get("fatal") != want:
+                self.report.violation(f"{self.name}: state file fatal {doc.get('fatal')} != {want}")
+        if SECRET in text:
+            self.report.violation(f"{self.name}: state file holds the client secret")
+
+    def account(self) -> None:
+        """Final accounting of every session of this gateway (see the module docstring)."""
+        r = self.report
+        for sid in self.gw.session_ids:
+            accepted = self.gw.accepted(sid)
+            if accepted != list(range(2, 2 + len(accepted))):
+                r.violation(f"{self.name}: the fake numbered {sid} with gaps")
+            got = max(self.ledger.last.get(sid, 1) - 1, 0)
+            r.sent += len(accepted)
+            missing = len(accepted) - got
+            if missing <= 0:
+                continue
+            why = self.released.get(sid)
+            if sid not in self.ledger.last:
+                r.lost_unlearned += missing
+            elif why == "forgotten":
+                r.lost_forgotten += missing
+            elif why == "fatal":
+                r.lost_fatal += missing
+            else:
+                r.violation(f"{self.name}: {missing} events of held session {sid} never delivered")
+        r.delivered += self.ledger.delivered
+
+
+# =================================================================================================
+# Faults: the steps
+# =================================================================================================
+
+
+@dataclass
+class Step:
+    """One fault: what to do, when, and the endings it should cause."""
+
+    kind: str
+    params: dict[str, Any]
+    timing: str  # "quick" | "long" | "none"
+    plan: list[Planned]
+    fatal: bool  # intended to end in FATAL
+    expect: tuple[bool, int | None] | None = None
+
+    @property
+    def label(self) -> str:
+        extra = self.params.get("label")
+        return f"{self.kind}({extra})" if extra else self.kind
+
+
+MALFORMED: tuple[str | bytes, ...] = (
+    "not json at all",
+    "x" * 5000,
+    b"\x00\x01\x02 binary",
+    b'{"op":11}',
+    "[1, 2, 3]",
+    '"a string"',
+    "null",
+    '{"d": 1}',
+    '{"op": "0"}',
+    '{"op": true}',
+    '{"op": 1.5}',
+    '{"op": NaN}',
+    '{"op": 99}',
+    '{"op": -1}',
+    '{"op": 0, "s": 3, "d": {}}',
+    '{"op": 0, "t": "", "d": 1}',
+    '{"op": 0, "t": "READY", "d": {}}',
+    '{"op": 0, "t": "READY", "d": {"session_id": 5}}',
+    "[" * 50_000,
+    '{"op": 1' + "0" * 5000 + "}",
+    '{"op": 10, "d": ',
+)
+
+
+class Scheduler:
+    """Draws steps from a slot's seeded RNG; simulates the model to keep intents exact."""
+
+    WEIGHTS: ClassVar[dict[str, float]] = {
+        "op7": 8,
+        "close_transient": 7,
+        "close_rotation": 6,
+        "drop": 7,
+        "close_identify": 5,
+        "op9": 5,
+        "close_4008": 2,
+        "close_4004": 2,
+        "zombie": 4,
+        "half_open": 4,
+        "oversized": 2,
+        "malformed": 8,
+        "endpoint_failures": 4,
+        "endpoint_hang": 0.4,
+        "resume_refused": 3,
+        "resume_thrice": 0.5,
+        "quick_burst": 5,
+        "fatal_code": 0.8,
+        "fatal_burst": 0.8,
+        "fatal_4004": 0.4,
+        "fatal_attempts": 0.4,
+    }
+
+    def __init__(self, slot: Slot, weights: dict[str, float] | None = None) -> None:
+        self.slot = slot
+        self.rng = slot.rng
+        self.policy = slot.policy
+        w = dict(self.WEIGHTS, **(weights or {}))
+        self.kinds = [k for k in w if w[k] > 0]
+        self.weights = [w[k] for k in self.kinds]
+
+    def choose(self, *, young: bool) -> Step:
+        """A step for a manager in ALIVE. ``young``: its connection is clearly younger than
+        the quick threshold, so a "quick" injection is possible."""
+        self.young = young
+        for _ in range(12):
+            step = self._draw(self.rng.choices(self.kinds, self.weights)[0])
+            accepted = self._settle_intent(step)
+            if accepted is not None:
+                return accepted
+        return self._draw("op7")
+
+    def _settle_intent(self, step: Step) -> Step | None:
+        model = self.slot.observer.model
+        for candidate in (step, self._as_long(step)):
+            if candidate is None:
+                continue
+            outcomes = predict(model, candidate.plan)
+            if candidate.fatal:
+                if len(outcomes) == 1 and None not in outcomes:
+                    candidate.expect = next(iter(outcomes))
+                    return candidate
+            elif outcomes == {None}:
+                return candidate
+        return None
+
+    def _as_long(self, step: Step) -> Step | None:
+        if step.timing != "quick":
+            return None
+        plan = list(step.plan)
+        first = plan[0]
+        if first.kind in ("close", "op9", "watchdog"):
+            plan[0] = replace(first, quick=(False,), certain=True)
+        return replace(step, timing="long", plan=plan)
+
+    def _trigger(self, timing: str) -> tuple[dict[str, Any], Planned]:
+        """A connection end that keeps the session (drop, or a close 1000/1001/4009)."""
+        code = self.rng.choice([None, 1000, 1001, 4009])
+        quick = (True,) if timing == "quick" else (False,)
+        return {"trigger": code}, Planned("close", code, quick=quick, certain=timing == "long")
+
+    def _draw(self, kind: str) -> Step:
+        rng = self.rng
+        timing = "quick" if rng.random() < 0.7 and self.young else "long"
+        quick: tuple[bool | None, ...] = (True,) if timing == "quick" else (False,)
+        certain = timing == "long"
+        p = self.policy
+        q = p.quick_disconnect_threshold_s
+
+        def single(code: int | None, label: str) -> Step:
+            plan = [Planned("close", code, quick=quick, certain=certain)]
+            return Step(kind, {"code": code, "label": label}, timing, plan, False)
+
+        match kind:
+            case "op7":
+                after = rng.choice([0.0, 0.2])
+                plan = [Planned("op7", quick=(True, False))]
+                return Step(kind, {"close_after_s": after}, "none", plan, False)
+            case "close_transient":
+                code = rng.choice(TRANSIENT_CODES)
+                return single(code, str(code))
+            case "close_rotation":
+                return single(4009, "4009")
+            case "drop":
+                return single(None, "no close frame")
+            case "close_identify":
+                code = rng.choice(IDENTIFY_CODES)
+                return single(code, str(code))
+            case "close_4008":
+                return single(4008, "4008")
+            case "close_4004":
+                return single(4004, "4004 once")
+            case "op9":
+                resumable = rng.random() < 0.5
+                close = rng.choice([None, 4009] if resumable else [None, 4903])
+                plan = [Planned("op9", resumable=resumable, quick=quick, certain=certain)]
+                params = {"resumable": resumable, "close_code": close, "label": str(resumable)}
+                return Step(kind, params, timing, plan, False)
+            case "zombie" | "half_open":
+                # Detected one to two heartbeat intervals later: quick or not, unless long.
+                zq: tuple[bool | None, ...] = (True, False) if timing == "quick" else (False,)
+                plan = [Planned("watchdog", ZOMBIE_CLOSE_CODE, quick=zq, certain=certain)]
+                return Step(kind, {}, timing, plan, False)
+            case "oversized":
+                return single(1009, "1009")
+            case "malformed":
+                frames = rng.sample(MALFORMED, rng.randint(1, 4))
+                junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64)))
+                frames.append(junk if rng.random() < 0.5 else junk.hex()[: rng.randint(1, 40)])
+                return Step(kind, {"frames": frames, "label": str(len(frames))}, "none", [], False)
+            case "endpoint_failures" | "fatal_attempts":
+                fatal = kind == "fatal_attempts"
+                n = (
+                    p.max_reconnect_attempts
+                    if fatal
+                    else rng.randint(1, p.max_reconnect_attempts - 1)
+                )
+                mode = rng.choice(["token:http500", "token:error_body", "gateway:http500"])
+                params, trig = self._trigger(timing)
+                params.update(mode=mode, failures=n, label=f"{mode}x{n}")
+                plan = [trig] + [
+                    Planned("pre_socket", quick=(None,), reached=(False,), hello=(False,))
+                ] * n
+                return Step(kind, params, timing, plan, fatal)
+            case "endpoint_hang":
+                mode = rng.choice(["token:hang", "gateway:hang"])
+                params, trig = self._trigger(timing)
+                params.update(mode=mode, failures=1, label=mode)
+                pre = Planned("pre_socket", quick=(None,), reached=(False,), hello=(False,))
+                return Step(kind, params, timing, [trig, pre], False)
+            case "resume_refused":
+                mode = rng.choice(["4006", "4902", "op9"])
+                params, trig = self._trigger(timing)
+                params.update(mode=mode, label=mode)
+                refusal = (
+                    Planned("op9", quick=(True,), reached=(False,))
+                    if mode == "op9"
+                    else Planned("close", int(mode), quick=(True,), reached=(False,))
+                )
+                return Step(kind, params, timing, [trig, refusal], False)
+            case "resume_thrice":
+                params, trig = self._trigger(timing)
+                params.update(hello_delay_s=q + 0.3)
+                refused = Planned("close", 1000, quick=(False,), reached=(False,))
+                return Step(kind, params, timing, [trig, refused, refused, refused], False)
+            case "quick_burst" | "fatal_burst":
+                fatal = kind == "fatal_burst"
+                n = (
+                    p.max_quick_disconnects
+                    if fatal
+                    else rng.randint(1, p.max_quick_disconnects - 1)
+                )
+                code = rng.choice([None, 1000, 4009, 1001])
+                after = rng.uniform(0.03, 0.15)
+                params, trig = self._trigger(timing)
+                params.update(burst=n, burst_code=code, after_s=after, label=f"{n}x{code}")
+                burst = Planned(
+                    "close",
+                    code,
+                    quick=(True,),
+                    reached=(True, False),
+                    hello=(True, False),
+                    alt=("pre_socket",),  # the cut came before the client saw the handshake
+                )
+                return Step(kind, params, timing, [trig] + [burst] * n, fatal)
+            case "fatal_code":
+                code = rng.choice(sorted(FATAL_CODES))
+                step = single(code, str(code))
+                step.kind, step.fatal = kind, True
+                return step
+            case "fatal_4004":
+                plan = [
+                    Planned("close", 4006, quick=quick, certain=certain),
+                    Planned("close", 4004, quick=(True,), reached=(False,)),
+                    Planned("close", 4004, quick=(True,), reached=(False,)),
+                ]
+                return Step(kind, {"label": "4006 then 4004 twice"}, timing, plan, True)
+        raise AssertionError(kind)
+
+
+# =================================================================================================
+# Running steps
+# =================================================================================================
+
+
+class Runner:
+    """Runs steps on slots and keeps the books."""
+
+    def __init__(self, report: SoakReport, tap: LogTap) -> None:
+        self.report = report
+        self.tap = tap
+        # Fresh managers (after a FATAL) are started one at a time, spaced, so that many slots
+        # giving up together do not all reconnect in the same millisecond.
+        self.restart_lock = asyncio.Lock()
+
+    async def step(self, slot: Slot, scheduler: Scheduler) -> None:
+        """One fault on one slot, from ALIVE back to ALIVE (through FATAL and a fresh manager
+        if that is what the rules require)."""
+        r = self.report
+        await until(
+            lambda: slot.mgr.state is State.ALIVE and len(slot.gw.live_connections) == 1,
+            10,
+            f"{slot.name}: ALIVE before a step",
+        )
+        m = slot.mgr.machine
+        age = None if m.opened_at is None else time.monotonic() - m.opened_at
+        young = age is not None and age < slot.policy.quick_disconnect_threshold_s - 0.25
+        step = scheduler.choose(young=young)
+        step.params["bad_before"] = self.tap.count(slot.app_id, "qqconn.bad_frame")
+        obs = slot.observer
+        obs.begin_step()
+        r.faults += 1
+        r.by_fault[step.label] += 1
+        try:
+            await self._inject(slot, step)
+            await self._await_outcome(slot, step)
+        except StepTimeout as exc:
+            r.violation(
+                f"{slot.name}: step {step.label} ({step.timing}) hung: {exc}; state="
+                f"{slot.mgr.state.name} endings={[e.label() for e, _ in obs.endings]} "
+                f"plan={[p.label() for p in step.plan]}"
+            )
+            raise
+        finally:
+            obs.drop_hooks()
+            slot.gw.faults.reset()
+        disturbed = self._judge(slot, step)
+        if slot.mgr.state is State.FATAL or slot.task.done():
+            await self._after_fatal(slot, step, disturbed)
+        elif step.fatal and not disturbed:
+            r.violation(
+                f"{slot.name}: {step.label} should have ended in FATAL {step.expect}; "
+                f"endings {[e.label() for e, _ in obs.endings]}"
+            )
+        await until(
+            lambda: slot.mgr.state is State.ALIVE and len(slot.gw.live_connections) == 1,
+            8,
+            f"{slot.name}: settle after {step.label}",
+        )
+        slot.check_state_file()
+        await slot.flush()
+        slot.paused = False
+
+    # -- injecting ----------------------------------------------------------------------------
+
+    async def _inject(self, slot: Slot, step: Step) -> None:
+        gw, f, obs, p = slot.gw, slot.gw.faults, slot.observer, step.params
+        if step.timing == "long":
+            threshold = slot.policy.quick_disconnect_threshold_s + LONG_MARGIN_S
+            clock = time.monotonic
+            m = slot.mgr.machine
+            await until(
+                lambda: m.opened_at is not None and clock() - m.opened_at >= threshold,
+                5,
+                f"{slot.name}: connection to age",
+            )
+        match step.kind:
+            case "op7":
+                await gw.send_reconnect(close_after_s=p["close_after_s"])
+            case (
+                "close_transient"
+                | "close_rotation"
+                | "close_identify"
+                | "close_4008"
+                | "close_4004"
+                | "fatal_code"
+            ):
+                await gw.close(p["code"])
+            case "drop":
+                await gw.drop()
+            case "op9":
+                await gw.send_invalid_session(p["resumable"], close_code=p["close_code"])
+            case "zombie":
+                f.ack = False
+                obs.after_endings(1, lambda: setattr(f, "ack", True))
+            case "half_open":
+                f.silent = True
+                obs.on_next_open(lambda: setattr(f, "silent", False))
+            case "oversized":
+                size = slot.policy.max_frame_bytes + 1024
+                await gw.send_raw(json.dumps({"op": 0, "s": 10**9, "t": "BIG", "d": "x" * size}))
+            case "malformed":
+                for frame in p["frames"]:
+                    await gw.send_raw(frame)
+            case "endpoint_failures" | "endpoint_hang" | "fatal_attempts":
+                where, mode = p["mode"].split(":")
+                attr = "token_endpoint" if where == "token" else "gateway_endpoint"
+                setattr(f, attr, mode)
+                if step.kind != "fatal_attempts":
+                    obs.after_endings(1 + p["failures"], lambda: setattr(f, attr, "ok"))
+                await self._trigger(slot, p["trigger"])
+            case "resume_refused":
+                f.resume = p["mode"]
+                await self._trigger(slot, p["trigger"])
+            case "resume_thrice":
+                f.resume = "accept_then_close"
+                f.hello_delay_s = p["hello_delay_s"]
+
+                def release() -> None:
+                    f.resume = "ok"
+                    f.hello_delay_s = 0.0
+
+                obs.after_endings(4, release)
+                await self._trigger(slot, p["trigger"])
+            case "quick_burst" | "fatal_burst":
+                f.close_new_sockets(p["after_s"], p["burst"], p["burst_code"])
+                await self._trigger(slot, p["trigger"])
+            case "fatal_4004":
+                f.identify_close = 4004
+                await gw.close(4006)
+            case _:
+                raise AssertionError(step.kind)
+
+    @staticmethod
+    async def _trigger(slot: Slot, code: int | None) -> None:
+        if code is None:
+            await slot.gw.drop()
+        else:
+            await slot.gw.close(code)
+
+    async def _await_outcome(self, slot: Slot, step: Step) -> None:
+        obs = slot.observer
+        if step.kind == "malformed":
+            # Every frame of MALFORMED (and the random junk) is one the parser must reject:
+            # one qqconn.bad_frame line each, and the connection lives on.
+            want = step.params["bad_before"] + len(step.params["frames"])
+            await until(
+                lambda: self.tap.count(slot.app_id, "qqconn.bad_frame") >= want,
+                3,
+                f"{slot.name}: {len(step.params['frames'])} bad frames logged",
+            )
+            await asyncio.sleep(0.02)
+            got = self.tap.count(slot.app_id, "qqconn.bad_frame")
+            if got != want:
+                self.report.violation(f"{slot.name}: {got - want} bad_frame lines too many")
+            return
+        extra = 0.0
+        if step.kind == "endpoint_hang":
+            extra = slot.policy.connect_timeout_s * 2
+        if step.kind == "resume_thrice":
+            extra = 4 * (step.params["hello_delay_s"] + 0.5)
+        await until(
+            lambda: (
+                slot.task.done()
+                or slot.mgr.state is State.FATAL
+                or (
+                    slot.mgr.state is State.ALIVE
+                    and len(obs.endings) >= len(step.plan)
+                    and obs.pending_hooks == 0
+                )
+            ),
+            8 + extra,
+            f"{slot.name}: outcome of {step.label}",
+        )
+
+    # -- judging ------------------------------------------------------------------------------
+
+    def _judge(self, slot: Slot, step: Step) -> bool:
+        """Compare what happened with the plan. Returns True when the step was disturbed
+        (the loop ran so late that the plan's timing did not hold); then only the
+        differential check, which is exact whatever the timing, speaks for this step."""
+        r = self.report
+        actual = slot.observer.endings
+        r.reconnects += len(actual)
+        labels = [e.label() for e, _ in actual]
+        planned = [pl.label() for pl in step.plan]
+        reasons: list[str] = []
+        if step.kind not in ("zombie", "half_open"):
+            reasons += [
+                f"unplanned {e.label()}" for e, _ in actual if e.kind in ("watchdog", "deadline")
+            ]
+        if not reasons:
+            fits = len(labels) == len(planned) or (step.fatal and len(labels) < len(planned))
+            for i, ((end, lived), pl) in enumerate(zip(actual, step.plan, strict=False)):
+                if labels[i] != planned[i]:
+                    if labels[i] in pl.alt:
+                        reasons.append(f"{labels[i]} instead of {planned[i]}")
+                    else:
+                        fits = False
+                    continue
+                if end.quick is None or end.quick in pl.quick:
+                    continue
+                text = f"{labels[i]} lived {lived:.3f}s, planned quick={pl.quick}"
+                if pl.certain:
+                    r.violation(f"{slot.name}: {step.label}: {text} with certainty")
+                else:
+                    reasons.append(text)
+            if not fits:
+                r.violation(
+                    f"{slot.name}: {step.label} ({step.timing}) caused endings {labels}, "
+                    f"planned {planned}"
+                )
+                return True
+        if reasons:
+            r.disturbed += 1
+            for reason in reasons:
+                r.disturbances[reason.split(" lived")[0]] += 1
+            return True
+        fatal = slot.mgr.machine.fatal
+        got = None if fatal is None else (fatal.retryable, fatal.close_code)
+        if step.fatal and got != step.expect:
+            r.violation(f"{slot.name}: {step.label} ended in FATAL {got}, planned {step.expect}")
+        if not step.fatal and got is not None:
+            r.violation(f"{slot.name}: {step.label} ({step.timing}) ended in FATAL {got}")
+        return False
+
+    async def _after_fatal(self, slot: Slot, step: Step, disturbed: bool) -> None:
+        r = self.report
+        mgr = slot.mgr
+        if step.fatal:
+            r.fatal_planned += 1
+        else:
+            r.fatal_unplanned += 1
+            if not disturbed:
+                r.violation(f"{slot.name}: FATAL after {step.label} was not planned")
+        try:
+            async with asyncio.timeout(5):
+                await slot.task
+            r.violation(f"{slot.name}: run() returned instead of raising FatalError")
+        except FatalError as exc:
+            m = mgr.machine.fatal
+            if m is None or (exc.retryable, exc.close_code) != (m.retryable, m.close_code):
+                r.violation(f"{slot.name}: FatalError {exc!r} does not match the machine's {m}")
+        except TimeoutError:
+            r.violation(f"{slot.name}: run() did not end within 5 s of FATAL")
+            raise StepTimeout("run() after FATAL") from None
+        sockets, requests = len(slot.gw.connections), len(slot.gw.http_requests)
+        await asyncio.sleep(0.3)
+        if len(slot.gw.connections) != sockets or len(slot.gw.http_requests) != requests:
+            r.violation(f"{slot.name}: requests after FATAL ({step.label})")
+        if len(slot.fatals) != 1:
+            r.violation(f"{slot.name}: {len(slot.fatals)} fatal notifies for one FATAL")
+        slot.check_state_file()
+        slot.gw.faults.reset()
+        await until(
+            lambda: not slot.gw.live_connections, 5, f"{slot.name}: sockets gone after FATAL"
+        )
+        async with self.restart_lock:
+            slot._new_manager()
+            await asyncio.sleep(0.1)
+        await until(lambda: slot.mgr.state is State.ALIVE, 10, f"{slot.name}: fresh manager ALIVE")
+
+
+# =================================================================================================
+# Running a soak
+# =================================================================================================
+
+
+async def _lag_monitor(report: SoakReport) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(0.02)
+        lag = loop.time() - before - 0.02
+        report.phase_time[report.phase] += lag + 0.02
+        if lag > 0.1:
+            report.lag_spikes[report.phase] += 1
+        report.max_lag_s = max(report.max_lag_s, lag)
+
+
+async def _audit_state_files(slots: Sequence[Slot]) -> None:
+    """At every await point the state file agrees with its manager: check one slot every
+    10 ms, round robin, for the whole run (each read costs ~0.1 ms of the loop)."""
+    for slot in itertools.cycle(slots):
+        await asyncio.sleep(0.01)
+        if not slot.closed:
+            slot.check_state_file()
+
+
+async def _check_leaks(
+    report: SoakReport, base: Resources, slots: Sequence[Slot], timeout: float
+) -> Resources:
+    """Everything back to ``base`` (eventually: heartbeat sends live for a moment)? A miss is
+    a leak: reported with the difference, then the new figures become the baseline."""
+    report.leak_checks += 1
+    try:
+        await until(
+            lambda: (
+                all(len(s.gw.live_connections) == 1 for s in slots)
+                and Resources.now().same_as(base, managers=len(slots))
+            ),
+            timeout,
+            "resources back to baseline",
+        )
+    except StepTimeout:
+        now = Resources.now()
+        report.leaks += 1
+        report.violation(f"leak after {report.faults} faults: {now.diff(base)}")
+        return now
+    return base
+
+
+async def _run_concurrently(
+    runner: Runner,
+    slots: Sequence[Slot],
+    schedulers: Sequence[Scheduler],
+    base: Resources,
+    deadline: float,
+    pace_s: float,
+    barrier_every_s: float,
+) -> None:
+    """Every slot steps on its own; at each barrier all park (between steps) for a leak check."""
+    report = runner.report
+    gate = asyncio.Event()  # set: slots may step
+    gate.set()
+    barrier = asyncio.Event()  # set: a barrier is wanted, cut pauses short
+    parked: set[int] = set()
+    broken: list[BaseException] = []
+
+    async def slot_loop(slot: Slot, scheduler: Scheduler) -> None:
+        pace = random.Random(slot.seed + 1)
+        try:
+            while time.monotonic() < deadline and not broken:
+                if not gate.is_set():
+                    parked.add(slot.index)
+                    await gate.wait()
+                    parked.discard(slot.index)
+                    continue
+                await runner.step(slot, scheduler)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(barrier.wait(), pace.uniform(0, pace_s))
+        except BaseException as exc:
+            broken.append(exc)
+            raise
+        finally:
+            parked.add(slot.index)
+
+    report.phase = "steps"
+    loops = [
+        asyncio.create_task(slot_loop(s, sch), name=f"soak-slot-{s.index}")
+        for s, sch in zip(slots, schedulers, strict=True)
+    ]
+    try:
+        while time.monotonic() < deadline and not broken:
+            await asyncio.sleep(min(barrier_every_s, max(deadline - time.monotonic(), 0)))
+            report.phase = "barrier"
+            gate.clear()
+            barrier.set()
+            await until(lambda: len(parked) == len(slots), 30, "all slots parked at a barrier")
+            if broken:
+                break
+            report.phase = "leak check"
+            base = await _check_leaks(report, base, slots, 6.0)
+            report.phase = "steps"
+            barrier.clear()
+            gate.set()
+    finally:
+        barrier.set()
+        gate.set()
+        results = await asyncio.gather(*loops, return_exceptions=True)
+    errors = [e for e in results if isinstance(e, BaseException)]
+    if errors:
+        raise errors[0]
+
+
+async def run_soak(
+    *,
+    managers: int,
+    seconds: float,
+    seed: int,
+    state_dir: Path,
+    policy: Policy = SOAK_POLICY,
+    max_faults: int | None = None,
+    weights: dict[str, float] | None = None,
+    pump_rate: tuple[int, float, float] = (10, 0.005, 0.03),
+    pace_s: float = 0.0,
+    barrier_every_s: float = 8.0,
+    hb_ms: int = HB_MS,
+) -> SoakReport:
+    """Run a soak: ``managers`` manager slots for about ``seconds``, all from ``seed``.
+
+    One manager: step after step, a leak check after each. Several: every slot steps on its
+    own (pausing up to ``pace_s`` between steps), and every ``barrier_every_s`` all slots finish
+    their step and wait while resources are compared with the baseline. Returns the report;
+    the caller asserts ``report.violations == []``.
+    """
+    report = SoakReport(seed=seed)
+    tap = LogTap()
+    master = random.Random(seed)
+    slots = [
+        Slot(i, report, tap, state_dir, policy, master.getrandbits(32), pump_rate, hb_ms)
+        for i in range(managers)
+    ]
+    loop = asyncio.get_running_loop()
+    loop_errors: list[str] = []
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _l, ctx: loop_errors.append(str(ctx.get("message"))[:300]))
+    ws_errors = _ErrorRecords()
+    ws_logger = logging.getLogger("websockets")
+    ws_logger.addHandler(ws_errors)
+    watcher = StateFileWatcher([s.state_file for s in slots])
+    started = time.monotonic()
+    lag = asyncio.create_task(_lag_monitor(report), name="soak-lag-monitor")
+    auditor: asyncio.Task[None] | None = None
+    try:
+        with capture_logs(processors=[tap]):
+            try:
+                watcher.start()
+                await asyncio.gather(*(s.start() for s in slots))
+                auditor = asyncio.create_task(_audit_state_files(slots), name="soak-state-auditor")
+                report.phase = "baseline"
+                base = await _settled_baseline(slots)
+                deadline = started + seconds
+                runner = Runner(report, tap)
+                schedulers = [Scheduler(s, weights) for s in slots]
+                if managers == 1:
+                    while time.monotonic() < deadline and (
+                        max_faults is None or report.faults < max_faults
+                    ):
+                        report.phase = "steps"
+                        await runner.step(slots[0], schedulers[0])
+                        report.phase = "leak check"
+                        base = await _check_leaks(report, base, slots, 3.0)
+                else:
+                    await _run_concurrently(
+                        runner, slots, schedulers, base, deadline, pace_s, barrier_every_s
+                    )
+                report.phase = "close"
+                auditor.cancel()
+                await asyncio.gather(*(s.close() for s in slots))
+                for s in slots:
+                    s.account()
+            except StepTimeout as exc:
+                report.violation(f"soak aborted: {exc}")
+            finally:
+                if auditor is not None:
+                    auditor.cancel()
+                unclosed = [s for s in slots if not s.closed]
+                if unclosed:
+                    async with asyncio.timeout(30):
+                        await asyncio.gather(*(s.close() for s in unclosed), return_exceptions=True)
+    finally:
+        lag.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lag
+        watcher.stop_event.set()
+        watcher.join(2)
+        ws_logger.removeHandler(ws_errors)
+        loop.set_exception_handler(previous_handler)
+        report.elapsed_s = time.monotonic() - started
+    report.state_file_reads = watcher.reads
+    report.bad_frames = tap.counts["qqconn.bad_frame"]
+    for problem in watcher.problems:
+        report.violation(f"state file watcher: {problem}")
+    for alarm in tap.alarms:
+        report.violation(f"log alarm: {alarm}")
+    for text in loop_errors:
+        report.violation(f"event loop: {text}")
+    for text in ws_errors.records:
+        report.violation(f"websockets: {text}")
+    if report.disturbed > max(5, report.faults // 10):
+        report.violation(
+            f"{report.disturbed} of {report.faults} steps disturbed by a late event loop: the "
+            "timing oracle barely ran (a machine far too busy, or a real timing bug)"
+        )
+    if tap.longest_bad_frame_error > 300:
+        report.violation(f"a bad_frame log line carried {tap.longest_bad_frame_error} chars")
+    if report.delivered + report.lost != report.sent and not report.violations:
+        report.violation(
+            f"accounting: sent {report.sent} != delivered {report.delivered} + lost {report.lost}"
+        )
+    return report
+
+
+async def _settled_baseline(slots: Sequence[Slot]) -> Resources:
+    """Resources once every slot is ALIVE with one live socket, read at a quiet moment (no
+    send task running) and confirmed by a second quiet read."""
+    await until(
+        lambda: all(s.mgr.state is State.ALIVE and len(s.gw.live_connections) == 1 for s in slots),
+        20,
+        "all ALIVE",
+    )
+    previous: Resources | None = None
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        now = Resources.now()
+        if not now.quiet:
+            continue
+        if previous is not None and now.same_as(previous, managers=len(slots)):
+            return now
+        previous = now
+    raise StepTimeout("no quiet moment to take the resource baseline")

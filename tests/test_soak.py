@@ -1,0 +1,160 @@
+"""The soak: a seeded random schedule of every fault the fake gateway can inject, interleaved
+with dispatch traffic, against one manager and against fifty at once (engine: tests/soak.py,
+whose docstring defines every check and the event accounting).
+
+``--soak-seconds`` (default: the short in-suite run, about a minute with both tests) sets the
+total time; ``make soak`` asks for longer. ``SOAK_SEED=<n>`` replays a schedule; the seed is
+printed in the summary line (``pytest -s``) and in every failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qqconn import ConnectionManager, State
+from qqconn.testing import FakeGateway
+from tests.soak import run_soak
+from tests.test_driver import FAST, INTENTS
+
+#: Share of --soak-seconds for each test (the rest is start-up and shut-down).
+SINGLE_SHARE = 0.3
+FIFTY_SHARE = 0.6
+
+
+def _seed() -> int:
+    """SOAK_SEED, or a fresh seed; printed first, so even a crash shows how to replay it."""
+    env = os.environ.get("SOAK_SEED")
+    seed = int(env) if env else random.SystemRandom().randrange(1 << 31)
+    print(f"soak seed {seed} (replay with SOAK_SEED={seed})")
+    return seed
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Hand each soak test its time budget, and a pytest-timeout that fits it."""
+    if "soak_seconds" not in metafunc.fixturenames:
+        return
+    total = float(metafunc.config.getoption("--soak-seconds"))
+    share = FIFTY_SHARE if "fifty" in metafunc.function.__name__ else SINGLE_SHARE
+    seconds = max(total * share, 5.0)
+    mark = pytest.mark.timeout(int(seconds * 1.5) + 90)
+    metafunc.parametrize("soak_seconds", [pytest.param(seconds, marks=mark)], ids=[f"{seconds:g}s"])
+
+
+async def test_soak_one_manager(soak_seconds: float, tmp_path: Path) -> None:
+    """One manager under a seeded fault schedule keeps every guarantee of tests/soak.py."""
+    seed = _seed()
+    report = await run_soak(managers=1, seconds=soak_seconds, seed=seed, state_dir=tmp_path)
+    print(report.line("1 manager"))
+    assert not report.violations, report.failure("1 manager")
+    assert report.faults >= soak_seconds, report.failure("1 manager")
+
+
+async def test_soak_fifty_managers(soak_seconds: float, tmp_path: Path) -> None:
+    """Fifty managers taking faults concurrently keep the same guarantees, and nothing leaks."""
+    seed = _seed()
+    report = await run_soak(
+        managers=50,
+        seconds=soak_seconds,
+        seed=seed,
+        state_dir=tmp_path,
+        weights={"endpoint_hang": 0.1, "resume_thrice": 0.1},
+        pump_rate=(2, 0.1, 0.3),
+        pace_s=1.0,
+        hb_ms=400,
+    )
+    print(report.line("50 managers"))
+    assert not report.violations, report.failure("50 managers")
+    assert report.faults >= soak_seconds * 10, report.failure("50 managers")
+
+
+# -- what the soak found (fixed; kept as regression tests) ---------------------------------------
+
+
+async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+# Found by the soak: run() used to write the state file only on its first transition, so for
+# the whole first attempt the file still said what the previous process left ("alive").
+async def test_state_file_is_rewritten_as_soon_as_a_manager_runs(tmp_path: Path) -> None:
+    """A crashed process's 'alive' state file says 'connecting' once the next manager runs."""
+    state_file = tmp_path / "state.json"
+    async with FakeGateway(heartbeat_interval_ms=300) as gw:
+        gw.faults.token_endpoint = "hang"  # the first attempt stays in CONNECTING
+        crashed = {
+            "app_id": gw.app_id,
+            "shard": [0, 1],
+            "state": "alive",
+            "session_id": "session-of-the-crashed-process",
+            "last_seq": 7,
+            "updated_at_unix": time.time(),
+        }
+        state_file.write_text(json.dumps(crashed))
+        mgr = ConnectionManager(
+            app_id=gw.app_id,
+            client_secret="s3cret",
+            intents=INTENTS,
+            policy=FAST,
+            api_base=gw.api_base,
+            token_url=gw.token_url,
+            state_file=state_file,
+        )
+        task = asyncio.create_task(mgr.run())
+        try:
+            await _until(lambda: any("AccessToken" in h.path for h in gw.http_requests))
+            assert mgr.state is State.CONNECTING
+            assert json.loads(state_file.read_text())["state"] == "connecting"
+        finally:
+            await mgr.stop()
+            await task
+
+
+# Found by the fifty-manager soak: each run() used to build an httpx client that parsed the CA
+# bundle synchronously (~40 ms), so fifty managers starting together, or several restarting
+# after FATAL, stalled every other manager's heartbeats for seconds.
+async def test_starting_many_managers_parses_the_ca_bundle_at_most_once_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five managers starting in one process parse the CA bundle on the loop at most once."""
+    loads: list[str] = []
+    real = ssl.SSLContext.load_verify_locations
+
+    def counting(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loads.append(threading.current_thread().name)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
+    loop_thread = threading.current_thread().name
+    async with FakeGateway(heartbeat_interval_ms=300) as gw:
+        managers = [
+            ConnectionManager(
+                app_id=gw.app_id,
+                client_secret="s3cret",
+                intents=INTENTS,
+                policy=FAST,
+                api_base=gw.api_base,
+                token_url=gw.token_url,
+            )
+            for _ in range(5)
+        ]
+        tasks = [asyncio.create_task(m.run()) for m in managers]
+        try:
+            await _until(lambda: len(gw.http_requests) >= 5)
+        finally:
+            for m in managers:
+                await m.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert loads.count(loop_thread) <= 1, loads
