@@ -205,6 +205,13 @@ def _build_parser() -> argparse.ArgumentParser:
         f"process (default: {DEFAULT_STATE_REFRESH_S:g}; 0: only on state changes)",
     )
     run.add_argument(
+        "--output",
+        metavar="FILE",
+        help="append each event to FILE (one JSON line) instead of stdout; FILE is also the "
+        "resume checkpoint: a restart resumes after its last complete line, so across a crash "
+        "every event is written exactly once",
+    )
+    run.add_argument(
         "--log-format",
         choices=("console", "json"),
         default="console",
@@ -313,6 +320,7 @@ class RunOptions:
     token_url: str | None
     state_file: Path | None
     state_refresh_s: float
+    output: Path | None
     log_format: str
     log_level: str
 
@@ -411,6 +419,7 @@ def run_options(args: argparse.Namespace, env: Mapping[str, str]) -> RunOptions:
         token_url=args.token_url,
         state_file=Path(args.state_file) if args.state_file else None,
         state_refresh_s=args.state_refresh,
+        output=Path(args.output) if args.output else None,
         log_format=args.log_format,
         log_level=args.log_level,
     )
@@ -475,6 +484,45 @@ def configure_logging(
     root.setLevel(max(levelno, logging.WARNING))  # httpx's per-request INFO lines stay out
 
 
+def output_checkpoint(path: Path, resume_window_s: float, log: Any) -> tuple[str, int] | None:
+    """The resume checkpoint an ``--output`` file holds: the session of its last READY line and
+    the ``s`` of its last complete line. A torn last line (the process died mid-write) is cut
+    off first: it was never completely written, so its event will be replayed.
+
+    None when the file is missing, empty, older than ``resume_window_s``, or holds no READY.
+    """
+    try:
+        data = path.read_bytes()
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with path.open("r+b") as fh:
+            fh.truncate(len(complete))
+        log.warning("qqconn.cli.output_torn_line_removed", bytes=len(data) - len(complete))
+    if age > resume_window_s:
+        log.info("qqconn.cli.output_too_old_to_resume", age_s=round(age, 1))
+        return None
+    last_seq: int | None = None
+    for raw in reversed(complete.splitlines()):
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            log.warning(
+                "qqconn.cli.output_unreadable_line", line=raw[:80].decode("utf-8", "replace")
+            )
+            return None
+        if last_seq is None:
+            if not isinstance(doc, dict) or type(doc.get("s")) is not int:
+                return None
+            last_seq = doc["s"]
+        if isinstance(doc, dict) and doc.get("t") == "READY":
+            sid = doc.get("d", {}).get("session_id") if isinstance(doc.get("d"), dict) else None
+            return (sid, last_seq) if isinstance(sid, str) and sid else None
+    return None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     opts = run_options(args, os.environ)
     configure_logging(opts.log_format, opts.log_level, redact=[opts.secret])
@@ -491,7 +539,11 @@ async def _run(opts: RunOptions) -> int:
     from qqconn.protocol import Dispatch
 
     log = structlog.get_logger("qqconn.cli")
-    out = sys.stdout
+    out: TextIO = sys.stdout
+    checkpoint = None
+    if opts.output is not None:
+        checkpoint = output_checkpoint(opts.output, opts.policy.resume_window_s, log)
+        out = opts.output.open("a", encoding="utf-8")
     stdout_closed: list[bool] = []
     stopping: list[asyncio.Task[None]] = []
 
@@ -526,6 +578,7 @@ async def _run(opts: RunOptions) -> int:
             token_url=opts.token_url or DEFAULT_TOKEN_URL,
             on_dispatch=on_dispatch,
             state_file=opts.state_file,
+            resume_from=checkpoint,
         )
     except ConfigError as exc:
         print(f"qqconn run: {exc}", file=sys.stderr)
@@ -568,6 +621,8 @@ async def _run(opts: RunOptions) -> int:
         )
         return status
     finally:
+        if out is not sys.stdout:
+            out.close()
         if refresher is not None:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

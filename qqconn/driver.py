@@ -195,6 +195,7 @@ class ConnectionManager:
         state_file: str | os.PathLike[str] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        resume_from: tuple[str, int | None] | None = None,
     ) -> None:
         if not isinstance(app_id, str) or not app_id.strip():
             raise ConfigError("app_id", "must be a non-empty string")
@@ -254,6 +255,8 @@ class ConnectionManager:
         self._last_write = float("-inf")
         if self.state_file is not None:
             self._load_state_file()
+        if resume_from is not None:
+            self._resume_from_host(resume_from)
 
     def __repr__(self) -> str:
         return (
@@ -587,6 +590,22 @@ class ConnectionManager:
             self._host_seq = dispatch.seq
         if new_session or self._state_file_due():
             self.write_state_file()
+
+    def _resume_from_host(self, checkpoint: tuple[str, int | None]) -> None:
+        """A checkpoint the host keeps itself (atomically with its own output) wins over the
+        state file's: with it, a restart neither skips nor repeats an event."""
+        sid, seq = (
+            checkpoint if isinstance(checkpoint, tuple) and len(checkpoint) == 2 else ("", None)
+        )
+        if (
+            not isinstance(sid, str)
+            or not sid
+            or not (seq is None or (type(seq) is int and seq >= 0))
+        ):
+            raise ConfigError("resume_from", f"must be (session_id, seq), got {checkpoint!r}")
+        self._machine.restore_session(sid, seq)
+        self._host_session, self._host_seq = sid, seq
+        self._log.info("qqconn.session_restored", last_seq=seq, source="host")
 
     def _load_state_file(self) -> None:
         """Resume the session an earlier process saved, if the file is recent and ours."""

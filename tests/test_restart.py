@@ -1,11 +1,14 @@
 """Crash and restart for real: `qqconn run` killed with SIGKILL while events flow, then restarted.
 
-What this proves: the restarted process Resumes the session from the state file, so the gateway
-replays what the dead process missed — no event is lost. What it cannot prove, and does not
-claim: exactly-once output across a SIGKILL. The checkpoint (written at most once a second, after
-the host's callback returned) lags the printed output by up to a second; the events printed in
-that window are printed again after the restart. They carry the same ``s`` and ``id``, so a
-consumer that keeps the highest ``s`` it saw drops them; the test checks exactly that bound.
+Two ways to keep the checkpoint, two guarantees:
+
+* the state file alone (written at most once a second, after the host's callback returned): the
+  restarted process Resumes and the gateway replays what the dead process missed, so no event is
+  lost; the events printed after the last checkpoint are printed again (same ``s`` and ``id``),
+  and the first test pins exactly that bound;
+* ``--output FILE``: the output is its own checkpoint (one appended line per event; a restart
+  resumes after the last complete line, cutting a torn one), so every event is written exactly
+  once across the crash; the second test pins that.
 """
 
 from __future__ import annotations
@@ -81,3 +84,74 @@ async def test_kill_9_while_events_flow_then_restart_loses_nothing(tmp_path: Pat
             deduped.append(s)
             high = s
     assert [s for s in deduped if s > 1] == accepted
+
+
+async def test_kill_9_with_output_file_writes_every_event_exactly_once(tmp_path: Path) -> None:
+    """With --output FILE (the output is its own checkpoint), SIGKILL mid-stream and a restart
+    leave every accepted event in FILE exactly once, in order: nothing lost, nothing repeated."""
+    output = tmp_path / "events.jsonl"
+    async with FakeGateway(heartbeat_interval_ms=300, client_secret=SECRET) as gw:
+        pumping = asyncio.Event()
+        pumping.set()
+
+        async def pump() -> None:
+            for i in range(3000):
+                if not pumping.is_set():
+                    return
+                await gw.dispatch("GROUP_AT_MESSAGE_CREATE", {"n": i})
+                await asyncio.sleep(0.004)
+
+        def written() -> list[int]:
+            text = output.read_text() if output.exists() else ""
+            return _seqs(text[: text.rfind("\n") + 1])
+
+        async with qqconn_run(gw, tmp_path, "--output", str(output), policy=POLICY_TOML) as first:
+            await first.until(lambda: gw.identifies == 1)
+            pumper = asyncio.create_task(pump())
+            await first.until(lambda: len(written()) >= 150)
+            await asyncio.sleep(0.3)
+            first.proc.send_signal(signal.SIGKILL)
+            assert await first.exit_status() == -signal.SIGKILL
+        before = len(written())
+        await asyncio.sleep(0.3)
+
+        async with qqconn_run(gw, tmp_path, "--output", str(output), policy=POLICY_TOML) as second:
+            await second.until(lambda: gw.resumes >= 1 and len(written()) > before)
+            await asyncio.sleep(0.5)
+            pumping.clear()
+            await pumper
+            final = gw.accepted()[-1]
+            await second.until(lambda: written()[-1:] == [final])
+            second.proc.send_signal(signal.SIGTERM)
+            assert await second.exit_status() == 0
+        assert first.out == "" and second.out == ""  # events went to the file, not stdout
+
+    assert gw.identifies == 1
+    seqs = written()
+    assert seqs == [1, *[s for s in gw.accepted() if s > 1]], "lost, repeated or out of order"
+    print(
+        f"\nkill -9 with --output: {before} lines before the kill, {len(seqs)} in all, 0 repeated"
+    )
+
+
+def test_output_checkpoint_cuts_a_torn_line_and_finds_the_session(tmp_path: Path) -> None:
+    """The --output checkpoint: a torn last line is cut off; the session comes from the last
+    READY line and s from the last complete line; no READY, or too old, means no checkpoint."""
+    import os
+
+    import structlog
+
+    from qqconn.cli import output_checkpoint
+
+    log = structlog.get_logger("test")
+    path = tmp_path / "events.jsonl"
+    ready = '{"s":1,"t":"READY","id":null,"d":{"session_id":"sess-9"}}\n'
+    path.write_text(ready + '{"s":2,"t":"X","id":"X:2","d":{}}\n{"s":3,"t":"X","id":"X:3","d":{')
+    assert output_checkpoint(path, 300.0, log) == ("sess-9", 2)
+    assert path.read_text().endswith('"X:2","d":{}}\n')  # the torn line is gone
+    path.write_text('{"s":7,"t":"X","id":"X:7","d":{}}\n')
+    assert output_checkpoint(path, 300.0, log) is None  # no READY: the session is unknown
+    path.write_text(ready)
+    os.utime(path, (1, 1))
+    assert output_checkpoint(path, 300.0, log) is None  # older than the resume window
+    assert output_checkpoint(tmp_path / "missing.jsonl", 300.0, log) is None
