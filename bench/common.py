@@ -247,3 +247,40 @@ def analyse_recovery(
         "sockets_after_trigger": len(new),
         "resumed": bool(first_new and first_new["resume"] > 0),
     }
+
+
+def window_figures(
+    *,
+    side: str,
+    n: int,
+    ramp_s: float,
+    t0: float,
+    t1: float,
+    rss: tuple[int, int],
+    cpu: tuple[float, float],
+    fake: tuple[dict[str, Any], dict[str, Any]],
+    gaps: dict[str, Any],
+    pauses: GcPauses,
+) -> dict[str, Any]:
+    """The many-connections figures, computed the same way for every side (item 5)."""
+
+    def ms(seconds: float | None) -> float | None:
+        return None if seconds is None else 1000 * seconds
+
+    f0, f1 = fake
+    return {
+        "side": side,
+        "connections": n,
+        "ramp_s": ramp_s,
+        "window_s": t1 - t0,
+        "rss_baseline_kb": rss[0],
+        "rss_end_kb": rss[1],
+        "rss_per_conn_kb": (rss[1] - rss[0]) / n,
+        **pauses.summary(t0, t1),
+        "cpu_pct_of_core": 100 * (cpu[1] - cpu[0]) / (t1 - t0),
+        "fake_cpu_pct_of_core": 100 * (f1["cpu_s"] - f0["cpu_s"]) / (f1["t"] - f0["t"]),
+        "lateness_p50_ms": ms(gaps["p50_s"]),
+        "lateness_p99_ms": ms(gaps["p99_s"]),
+        "lateness_max_ms": ms(gaps["max_s"]),
+        "heartbeat_gaps": gaps["gaps"],
+    }

@@ -34,7 +34,16 @@ import botpy.robot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Control, GcPauses, analyse_recovery, cpu_s, emit, raise_nofile, rss_kb
+from common import (
+    Control,
+    GcPauses,
+    analyse_recovery,
+    cpu_s,
+    emit,
+    raise_nofile,
+    rss_kb,
+    window_figures,
+)
 from realistic import seq_of_content
 
 REAL_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
@@ -268,20 +277,18 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     gaps = await ctl.call("heartbeat_gaps", since=0.0, until=t1, interval_s=30.0)
     stats = await ctl.call("stats")
     result = {
-        "side": "botpy",
-        "connections": a.n,
-        "ramp_s": ramp_s,
-        "window_s": t1 - t0,
-        "rss_baseline_kb": rss0,
-        "rss_end_kb": rss1,
-        "rss_per_conn_kb": (rss1 - rss0) / a.n,
-        **pauses.summary(t0, t1),
-        "cpu_pct_of_core": 100 * (c1 - c0) / (t1 - t0),
-        "fake_cpu_pct_of_core": 100 * (f1["cpu_s"] - f0["cpu_s"]) / (f1["t"] - f0["t"]),
-        "lateness_p50_ms": None if gaps["p50_s"] is None else 1000 * gaps["p50_s"],
-        "lateness_p99_ms": None if gaps["p99_s"] is None else 1000 * gaps["p99_s"],
-        "lateness_max_ms": None if gaps["max_s"] is None else 1000 * gaps["max_s"],
-        "heartbeat_gaps": gaps["gaps"],
+        **window_figures(
+            side="botpy",
+            n=a.n,
+            ramp_s=ramp_s,
+            t0=t0,
+            t1=t1,
+            rss=(rss0, rss1),
+            cpu=(c0, c1),
+            fake=(f0, f1),
+            gaps=gaps,
+            pauses=pauses,
+        ),
         "heartbeat_cadence_s": 30.0,
         "sockets_total": stats["connections"],
         "false_detections": stats["connections"] - (a.n + 1),

@@ -22,7 +22,17 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Control, GcPauses, analyse_recovery, cpu_s, emit, raise_nofile, rss_kb, until
+from common import (
+    Control,
+    GcPauses,
+    analyse_recovery,
+    cpu_s,
+    emit,
+    raise_nofile,
+    rss_kb,
+    until,
+    window_figures,
+)
 
 from qqconn import ConnectionManager, FatalError, Policy, State
 from qqconn.protocol import Dispatch
@@ -313,20 +323,18 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     ended = [c for log in changes for c in log if c[2] is State.ALIVE and c[0] <= t1]
     reasons = sorted({m.machine.last_ending.reason for m in mgrs if m.machine.last_ending})
     result = {
-        "side": "qqconn",
-        "connections": a.n,
-        "ramp_s": ramp_s,
-        "window_s": t1 - t0,
-        "rss_baseline_kb": rss0,
-        "rss_end_kb": rss1,
-        "rss_per_conn_kb": (rss1 - rss0) / a.n,
-        **pauses.summary(t0, t1),
-        "cpu_pct_of_core": 100 * (c1 - c0) / (t1 - t0),
-        "fake_cpu_pct_of_core": 100 * (f1["cpu_s"] - f0["cpu_s"]) / (f1["t"] - f0["t"]),
-        "lateness_p50_ms": None if gaps["p50_s"] is None else 1000 * gaps["p50_s"],
-        "lateness_p99_ms": None if gaps["p99_s"] is None else 1000 * gaps["p99_s"],
-        "lateness_max_ms": None if gaps["max_s"] is None else 1000 * gaps["max_s"],
-        "heartbeat_gaps": gaps["gaps"],
+        **window_figures(
+            side="qqconn",
+            n=a.n,
+            ramp_s=ramp_s,
+            t0=t0,
+            t1=t1,
+            rss=(rss0, rss1),
+            cpu=(c0, c1),
+            fake=(f0, f1),
+            gaps=gaps,
+            pauses=pauses,
+        ),
         "false_detections": len(ended),
         "false_detections_in_window": sum(1 for c in ended if c[0] >= t0),
         "false_detection_reasons": reasons[:5],
