@@ -790,40 +790,59 @@ async def _play_rotation(stage: _Stage) -> None:
         _resumed_checks(stage, run, resumes=2)
 
 
+async def _kill_and_recover(
+    stage: _Stage,
+    run: Any,
+    *,
+    fault: str,
+    story: str,
+    switch: str,
+    kind: str,
+    lifted: str,
+) -> Any:
+    """Shared by the zombie and half-open tours: on a healthy connection with events flowing,
+    turn on the gateway fault ``switch``, wait until qqconn leaves ALIVE, lift the fault, wait
+    for recovery, and check detection came within 2 heartbeat intervals of the last ACK.
+    Returns the transition that left ALIVE."""
+    await _until_alive(stage, run)
+    run.start_pump()
+    await stage.until(lambda: run.mgr.machine.acks >= 2, 3.0, "two heartbeats acknowledged")
+    await stage.pause(0.6)
+    injected = stage.fault(fault, story)
+    setattr(run.gw.faults, switch, switch != "ack")  # ack=False / silent=True
+    await stage.until(
+        lambda: run.left_alive(injected.injected_at) is not None, 4.0, f"{kind} detected"
+    )
+    setattr(run.gw.faults, switch, switch == "ack")
+    stage.view.say("demo", lifted, "blue")
+    await _recovered(stage, run, injected.injected_at, kind)
+    stage.measure(run, injected)
+    left = run.left_alive(injected.injected_at)
+    assert left is not None
+    last_ack = run.last_ack_before(left.at)
+    since_ack = None if last_ack is None else left.at - last_ack
+    bound = 2 * stage.interval_s
+    stage.check(
+        f"{kind} detected within 2 heartbeat intervals of the last ACK "
+        f"(≤ {bound:g} s + {SLACK_S:g} s slack)",
+        since_ack is not None and since_ack <= bound + SLACK_S,
+        "no ACK ever" if since_ack is None else f"{since_ack:.2f} s after the last ACK",
+    )
+    return left
+
+
 async def _play_zombie(stage: _Stage) -> None:
     async with stage.connection() as run:
-        await _until_alive(stage, run)
-        run.start_pump()
-        await stage.until(lambda: run.mgr.machine.acks >= 2, 3.0, "two heartbeats acknowledged")
-        await stage.pause(0.6)
-        fault = stage.fault(
-            "ACKs stop, socket open",
-            "the gateway stops acknowledging heartbeats; the socket stays open, events still flow",
+        left = await _kill_and_recover(
+            stage,
+            run,
+            fault="ACKs stop, socket open",
+            story="the gateway stops acknowledging heartbeats; the socket stays open, events still flow",
+            switch="ack",
+            kind="zombie",
+            lifted="the next connection will be healthy (ACKs on again)",
         )
-        run.gw.faults.ack = False
-        await stage.until(
-            lambda: run.left_alive(fault.injected_at) is not None, 4.0, "zombie detected"
-        )
-        run.gw.faults.ack = True
-        stage.view.say("demo", "the next connection will be healthy (ACKs on again)", "blue")
-        await _recovered(stage, run, fault.injected_at, "zombie")
-        stage.measure(run, fault)
-        left = run.left_alive(fault.injected_at)
-        assert left is not None
-        last_ack = run.last_ack_before(left.at)
-        bound = 2 * stage.interval_s
-        since_ack = None if last_ack is None else left.at - last_ack
-        stage.check(
-            f"zombie detected within 2 heartbeat intervals of the last ACK "
-            f"(≤ {bound:g} s + {SLACK_S:g} s slack)",
-            since_ack is not None and since_ack <= bound + SLACK_S,
-            "no ACK ever" if since_ack is None else f"{since_ack:.2f} s after the last ACK",
-        )
-        stage.check(
-            "detected as a zombie (missing ACK)",
-            "zombie" in left.why,
-            left.why,
-        )
+        stage.check("detected as a zombie (missing ACK)", "zombie" in left.why, left.why)
         first = run.gw.connections[0]
         stage.check(
             "the zombie socket was closed by qqconn, not with 1000/1001",
@@ -836,34 +855,14 @@ async def _play_zombie(stage: _Stage) -> None:
 
 async def _play_half_open(stage: _Stage) -> None:
     async with stage.connection() as run:
-        await _until_alive(stage, run)
-        run.start_pump()
-        await stage.until(lambda: run.mgr.machine.acks >= 2, 3.0, "two heartbeats acknowledged")
-        await stage.pause(0.6)
-        fault = stage.fault(
-            "server silent",
-            "the gateway goes silent: no ACK, no event, not even a pong or a close reply",
-        )
-        run.gw.faults.silent = True
-        await stage.until(
-            lambda: run.left_alive(fault.injected_at) is not None, 4.0, "half-open detected"
-        )
-        run.gw.faults.silent = False
-        stage.view.say(
-            "demo", "the server answers again (a fresh connection would reach it)", "blue"
-        )
-        await _recovered(stage, run, fault.injected_at, "half-open")
-        stage.measure(run, fault)
-        left = run.left_alive(fault.injected_at)
-        assert left is not None
-        last_ack = run.last_ack_before(left.at)
-        since_ack = None if last_ack is None else left.at - last_ack
-        bound = 2 * stage.interval_s
-        stage.check(
-            f"silence detected within 2 heartbeat intervals of the last ACK "
-            f"(≤ {bound:g} s + {SLACK_S:g} s slack)",
-            since_ack is not None and since_ack <= bound + SLACK_S,
-            "no ACK ever" if since_ack is None else f"{since_ack:.2f} s after the last ACK",
+        left = await _kill_and_recover(
+            stage,
+            run,
+            fault="server silent",
+            story="the gateway goes silent: no ACK, no event, not even a pong or a close reply",
+            switch="silent",
+            kind="half-open",
+            lifted="the server answers again (a fresh connection would reach it)",
         )
         first = run.gw.connections[0]
         await stage.until(lambda: first.closed_at is not None, 3.0, "old socket gone")
