@@ -231,7 +231,6 @@ class ConnectionManager:
             app_id=app_id, shard=f"{shard[0]}/{shard[1]}"
         )
         self._machine = ConnectionMachine(self.policy, rng=rng, logger=self._log)
-        self._attempt: _Attempt | None = None
         self._attempts: dict[int, _Attempt] = {}
         self._timers: dict[ev.Timer, tuple[int, asyncio.TimerHandle]] = {}
         self._host_queue: asyncio.Queue[proto.Dispatch | StateChange] = asyncio.Queue()
@@ -342,8 +341,7 @@ class ConnectionManager:
                 await self._finished.wait()
                 await self._drain_host_queue()
                 self._host_task.cancel()
-                if self.state_file is not None:
-                    self.write_state_file()
+                self.write_state_file()
         finally:
             for _, handle in self._timers.values():
                 handle.cancel()
@@ -399,7 +397,6 @@ class ConnectionManager:
             case cmd.OpenSocket(attempt=n, refresh_token=refresh):
                 assert self._tg is not None
                 att = _Attempt(n, refresh)
-                self._attempt = att
                 self._attempts[n] = att
                 att.task = self._tg.create_task(self._attempt_main(att), name=f"qqconn-attempt-{n}")
             case cmd.SendIdentify(attempt=n):
