@@ -327,57 +327,31 @@ def item_long_windows(cfg: Config, botpy: bool) -> dict[str, Any]:
     eprint(
         f"[2/4 peers] observing botpy and bare websockets for {cfg.long_window_s:g} s (in parallel)"
     )
-    jobs: dict[str, Any] = {
-        "bare_zombie": lambda: scenario(
-            "bare",
-            "detect",
-            "--fault",
-            "zombie",
-            "--window",
-            w,
-            hb_ms=cfg.detect_hb_ms,
-            timeout=cfg.long_window_s + 60,
-        ),
-        "bare_halfopen": lambda: scenario(
-            "bare",
-            "detect",
-            "--fault",
-            "halfopen",
-            "--window",
-            w,
-            hb_ms=cfg.detect_hb_ms,
-            timeout=cfg.long_window_s + 60,
-        ),
-        "bare_seedloop": lambda: scenario(
-            "bare", "seedloop", "--window", w, timeout=cfg.long_window_s + 60
-        ),
-    }
-    if botpy:
-        jobs |= {
-            "botpy_zombie": lambda: scenario(
-                "botpy",
+    timeout = cfg.long_window_s + 60
+
+    def peer_jobs(side: str) -> dict[str, Any]:
+        """The same three long observations for one peer: zombie, half-open, the seed's loop."""
+        jobs: dict[str, Any] = {
+            f"{side}_{fault}": lambda fault=fault: scenario(
+                side,
                 "detect",
                 "--fault",
-                "zombie",
+                fault,
                 "--window",
                 w,
                 hb_ms=cfg.detect_hb_ms,
-                timeout=cfg.long_window_s + 60,
-            ),
-            "botpy_halfopen": lambda: scenario(
-                "botpy",
-                "detect",
-                "--fault",
-                "halfopen",
-                "--window",
-                w,
-                hb_ms=cfg.detect_hb_ms,
-                timeout=cfg.long_window_s + 60,
-            ),
-            "botpy_seedloop": lambda: scenario(
-                "botpy", "seedloop", "--window", w, timeout=cfg.long_window_s + 60
-            ),
+                timeout=timeout,
+            )
+            for fault in ("zombie", "halfopen")
         }
+        jobs[f"{side}_seedloop"] = lambda: scenario(
+            side, "seedloop", "--window", w, timeout=timeout
+        )
+        return jobs
+
+    jobs = peer_jobs("bare")
+    if botpy:
+        jobs |= peer_jobs("botpy")
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
         out = {name: f.result() for name, f in futures.items()}
