@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import itertools
@@ -284,3 +285,23 @@ def window_figures(
         "lateness_max_ms": ms(gaps["max_s"]),
         "heartbeat_gaps": gaps["gaps"],
     }
+
+
+def client_parser(
+    scenarios: list[str], *, n: int, warmup: int, window_s: float
+) -> argparse.ArgumentParser:
+    """The command line every bench client takes from ``bench/run.py`` (one contract, three
+    clients); each client adds the options of its own scenarios."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scenario", choices=scenarios)
+    ap.add_argument("--control", type=int, required=True)
+    ap.add_argument("--api-base", required=True)
+    ap.add_argument("--token-url", required=True)
+    ap.add_argument("--ws-url", required=True)
+    ap.add_argument("--app-id", required=True)
+    ap.add_argument("--hb-ms", type=int, default=41250)
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--window", type=float, default=window_s)
+    ap.add_argument("--ramp-per-s", type=float, default=100.0)
+    return ap

@@ -32,7 +32,17 @@ from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Control, GcPauses, cpu_s, emit, raise_nofile, rss_kb, until, window_figures
+from common import (
+    Control,
+    GcPauses,
+    client_parser,
+    cpu_s,
+    emit,
+    raise_nofile,
+    rss_kb,
+    until,
+    window_figures,
+)
 
 INTENTS = 1 << 30 | 1 << 25
 
@@ -299,19 +309,10 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
 
 
 async def amain() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["throughput", "detect", "seedloop", "many"])
-    ap.add_argument("--control", type=int, required=True)
-    ap.add_argument("--api-base", required=True)
-    ap.add_argument("--token-url", required=True)
-    ap.add_argument("--ws-url", required=True)
-    ap.add_argument("--app-id", required=True)
-    ap.add_argument("--hb-ms", type=int, default=41250)
-    ap.add_argument("--n", type=int, default=200_000)
-    ap.add_argument("--warmup", type=int, default=5_000)
+    ap = client_parser(
+        ["throughput", "detect", "seedloop", "many"], n=200_000, warmup=5_000, window_s=30.0
+    )
     ap.add_argument("--fault", choices=["zombie", "halfopen"], default="zombie")
-    ap.add_argument("--window", type=float, default=30.0)
-    ap.add_argument("--ramp-per-s", type=float, default=100.0)
     a = ap.parse_args()
     ctl = await Control.connect(a.control)
     fn = {"throughput": throughput, "detect": detect, "seedloop": seedloop, "many": many}

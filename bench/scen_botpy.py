@@ -38,6 +38,7 @@ from common import (
     Control,
     GcPauses,
     analyse_recovery,
+    client_parser,
     cpu_s,
     emit,
     raise_nofile,
@@ -299,23 +300,17 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
 
 
 async def amain() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["throughput", "detect", "recover", "seedloop", "many"])
-    ap.add_argument("--control", type=int, required=True)
-    ap.add_argument("--api-base", required=True)
-    ap.add_argument("--token-url", required=True)
-    ap.add_argument("--ws-url", required=True)
-    ap.add_argument("--app-id", required=True)
-    ap.add_argument("--hb-ms", type=int, default=41250)
-    ap.add_argument("--n", type=int, default=50_000)
-    ap.add_argument("--warmup", type=int, default=2_000)
+    ap = client_parser(
+        ["throughput", "detect", "recover", "seedloop", "many"],
+        n=50_000,
+        warmup=2_000,
+        window_s=60.0,
+    )
     ap.add_argument("--fault", choices=["zombie", "halfopen"], default="zombie")
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--before", type=float, default=1.0)
     ap.add_argument("--mature", type=float, default=5.5)
     ap.add_argument("--after", type=float, default=8.0)
-    ap.add_argument("--window", type=float, default=60.0)
-    ap.add_argument("--ramp-per-s", type=float, default=100.0)
     a = ap.parse_args()
     point_at_fake(a.api_base, a.token_url)
     ctl = await Control.connect(a.control)

@@ -26,6 +26,7 @@ from common import (
     Control,
     GcPauses,
     analyse_recovery,
+    client_parser,
     cpu_s,
     emit,
     raise_nofile,
@@ -347,24 +348,18 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
 
 
 async def amain() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["throughput", "detect", "recover", "seedloop", "many"])
-    ap.add_argument("--control", type=int, required=True)
-    ap.add_argument("--api-base", required=True)
-    ap.add_argument("--token-url", required=True)
-    ap.add_argument("--ws-url", required=True)
-    ap.add_argument("--app-id", required=True)
-    ap.add_argument("--hb-ms", type=int, default=41250)
-    ap.add_argument("--n", type=int, default=200_000)
-    ap.add_argument("--warmup", type=int, default=5_000)
+    ap = client_parser(
+        ["throughput", "detect", "recover", "seedloop", "many"],
+        n=200_000,
+        warmup=5_000,
+        window_s=30.0,
+    )
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--before", type=float, default=1.0)
     ap.add_argument("--mature", type=float, default=Policy().quick_disconnect_threshold_s + 0.5)
     ap.add_argument("--after", type=float, default=2.0)
     ap.add_argument("--trigger", choices=["op7", "close4009"], default="op7")
     ap.add_argument("--code", default="1000")
-    ap.add_argument("--window", type=float, default=30.0)
-    ap.add_argument("--ramp-per-s", type=float, default=100.0)
     a = ap.parse_args()
     ctl = await Control.connect(a.control)
     fn = {
