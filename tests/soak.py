@@ -127,6 +127,7 @@ from qqconn import events as ev
 from qqconn.events import Timer
 from qqconn.protocol import Dispatch
 from qqconn.testing import FakeGateway
+from tests.test_driver import manager_for
 
 __all__ = [
     "SOAK_POLICY",
@@ -936,13 +937,12 @@ class Slot:
         self.generation += 1
         self.report.managers += 1
         self.fatals = []
-        self.mgr = ConnectionManager(
+        self.mgr = manager_for(
+            self.gw,
             app_id=self.app_id,
             client_secret=SECRET,
             intents=INTENTS,
             policy=self.policy,
-            api_base=self.gw.api_base,
-            token_url=self.gw.token_url,
             on_dispatch=self.ledger.on_dispatch,
             on_fatal=self.fatals.append,
             state_file=self.state_file,

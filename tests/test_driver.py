@@ -91,6 +91,14 @@ class Run:
         return None
 
 
+def manager_for(gw: FakeGateway, **options: Any) -> ConnectionManager:
+    """A manager pointed at the fake gateway ``gw``: its app id, the secret "s3cret", INTENTS and
+    the FAST policy unless ``options`` say otherwise (``manager_cls=`` picks a subclass)."""
+    cls: type[ConnectionManager] = options.pop("manager_cls", ConnectionManager)
+    settings = {"app_id": gw.app_id, "client_secret": "s3cret", "intents": INTENTS, "policy": FAST}
+    return cls(api_base=gw.api_base, token_url=gw.token_url, **{**settings, **options})
+
+
 @contextlib.asynccontextmanager
 async def running(
     *,
@@ -111,15 +119,7 @@ async def running(
             "rng": random.Random(7),
             **kwargs,
         }
-        mgr = manager_cls(
-            app_id=gw.app_id,
-            client_secret="s3cret",
-            intents=INTENTS,
-            policy=policy,
-            api_base=gw.api_base,
-            token_url=gw.token_url,
-            **options,
-        )
+        mgr = manager_for(gw, policy=policy, manager_cls=manager_cls, **options)
         task = asyncio.create_task(mgr.run())
         run = Run(gw, mgr, host, task)
         try:
@@ -586,15 +586,7 @@ async def test_stop_from_fatal_callback_does_not_cut_it_short() -> None:
 
     async with FakeGateway(heartbeat_interval_ms=HB_MS) as gw:
         gw.faults.identify_close = 4914
-        mgr = ConnectionManager(
-            app_id=gw.app_id,
-            client_secret="s3cret",
-            intents=INTENTS,
-            policy=FAST,
-            api_base=gw.api_base,
-            token_url=gw.token_url,
-            on_fatal=on_fatal,
-        )
+        mgr = manager_for(gw, on_fatal=on_fatal)
         holder["mgr"] = mgr
         with pytest.raises(FatalError):
             async with asyncio.timeout(10):
@@ -659,13 +651,7 @@ async def test_stop_from_each_state_is_prompt_quiet_final(where: str) -> None:
 async def test_stop_before_run_returns_at_once() -> None:
     """stop() before run(): run() returns at once and opens nothing."""
     async with FakeGateway() as gw:
-        mgr = ConnectionManager(
-            app_id=gw.app_id,
-            client_secret="s3cret",
-            intents=INTENTS,
-            api_base=gw.api_base,
-            token_url=gw.token_url,
-        )
+        mgr = manager_for(gw, policy=Policy())
         await mgr.stop()
         async with asyncio.timeout(2):
             await mgr.run()
@@ -725,14 +711,7 @@ async def test_refused_credentials_end_in_fatal_not_retryable_after_one_retry() 
     """The token endpoint refusing the credentials (code 100007) is an authentication failure:
     one retry with a fresh request, then FATAL, not retryable (no 100 attempts)."""
     async with FakeGateway(heartbeat_interval_ms=HB_MS) as gw:
-        mgr = ConnectionManager(
-            app_id=gw.app_id,
-            client_secret="wrong-secret",
-            intents=INTENTS,
-            policy=FAST,
-            api_base=gw.api_base,
-            token_url=gw.token_url,
-        )
+        mgr = manager_for(gw, client_secret="wrong-secret")
         with pytest.raises(FatalError) as info:
             async with asyncio.timeout(10):
                 await mgr.run()

@@ -38,7 +38,7 @@ from structlog.testing import capture_logs
 from qqconn import ConnectionManager, FatalError, State
 from qqconn.protocol import Dispatch
 from qqconn.testing import MISSING, NO_OVERRIDE, FakeGateway
-from tests.test_driver import FAST, INTENTS
+from tests.test_driver import FAST, manager_for
 
 #: FAST, with budgets no hostile batch can exhaust (a batch may end a connection on purpose,
 #: a few in a row are quick drops; that FATAL would be correct and is tested elsewhere), a
@@ -306,13 +306,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     loop = asyncio.get_running_loop()
     async with FakeGateway(heartbeat_interval_ms=HB_MS, seed=3) as gw:
         got: list[Dispatch] = []
-        mgr = ConnectionManager(
-            app_id=gw.app_id,
-            client_secret="s3cret",
-            intents=INTENTS,
+        mgr = manager_for(
+            gw,
             policy=HOSTILE,
-            api_base=gw.api_base,
-            token_url=gw.token_url,
             on_dispatch=got.append,
             state_file=tmp_path / "state.json",
             rng=random.Random(5),

@@ -14,24 +14,14 @@ from structlog.testing import capture_logs
 from qqconn import ConnectionManager, State
 from qqconn.protocol import Dispatch
 from qqconn.testing import FakeGateway
-from tests.test_driver import FAST, INTENTS
+from tests.test_driver import manager_for
 
 
 def _manager(
     gw: FakeGateway, state_file: Path, got: list[Dispatch], **kw: Any
 ) -> ConnectionManager:
-    return ConnectionManager(
-        app_id=kw.pop("app_id", gw.app_id),
-        client_secret="s3cret",
-        intents=INTENTS,
-        policy=kw.pop("policy", FAST),
-        api_base=gw.api_base,
-        token_url=gw.token_url,
-        on_dispatch=got.append,
-        state_file=state_file,
-        rng=random.Random(3),
-        **kw,
-    )
+    options = {"on_dispatch": got.append, "state_file": state_file, "rng": random.Random(3)}
+    return manager_for(gw, **{**options, **kw})
 
 
 async def _until(predicate: Any, timeout: float = 10.0) -> None:

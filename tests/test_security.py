@@ -13,7 +13,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from qqconn import ConnectionManager, FatalError, Secret
 from qqconn.testing import FakeGateway
-from tests.test_driver import FAST, INTENTS
+from tests.test_driver import FAST, manager_for
 
 
 class _TlsGateway(FakeGateway):
@@ -43,14 +43,7 @@ async def test_wss_with_an_untrusted_certificate_is_refused() -> None:
         port = server.sockets[0].getsockname()[1]
         async with _TlsGateway() as gw:
             gw.tls_url = f"wss://127.0.0.1:{port}/websocket"
-            mgr = ConnectionManager(
-                app_id=gw.app_id,
-                client_secret="s3cret",
-                intents=INTENTS,
-                policy=policy,
-                api_base=gw.api_base,
-                token_url=gw.token_url,
-            )
+            mgr = manager_for(gw, policy=policy)
             with capture_logs() as logs, pytest.raises(FatalError) as info:
                 async with asyncio.timeout(15):
                     await mgr.run()

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from qqconn import ConnectionManager, State
+from qqconn import State
 from qqconn.testing import FakeGateway
 from tests.soak import run_soak
-from tests.test_driver import FAST, INTENTS
+from tests.test_driver import manager_for
 
 #: Share of --soak-seconds for each test (the rest is start-up and shut-down).
 SINGLE_SHARE = 0.3
@@ -103,15 +103,7 @@ async def test_state_file_is_rewritten_as_soon_as_a_manager_runs(tmp_path: Path)
             "updated_at_unix": time.time(),
         }
         state_file.write_text(json.dumps(crashed))
-        mgr = ConnectionManager(
-            app_id=gw.app_id,
-            client_secret="s3cret",
-            intents=INTENTS,
-            policy=FAST,
-            api_base=gw.api_base,
-            token_url=gw.token_url,
-            state_file=state_file,
-        )
+        mgr = manager_for(gw, state_file=state_file)
         task = asyncio.create_task(mgr.run())
         try:
             await _until(lambda: any("AccessToken" in h.path for h in gw.http_requests))
@@ -139,17 +131,7 @@ async def test_starting_many_managers_parses_the_ca_bundle_at_most_once_on_the_l
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
     loop_thread = threading.current_thread().name
     async with FakeGateway(heartbeat_interval_ms=300) as gw:
-        managers = [
-            ConnectionManager(
-                app_id=gw.app_id,
-                client_secret="s3cret",
-                intents=INTENTS,
-                policy=FAST,
-                api_base=gw.api_base,
-                token_url=gw.token_url,
-            )
-            for _ in range(5)
-        ]
+        managers = [manager_for(gw) for _ in range(5)]
         tasks = [asyncio.create_task(m.run()) for m in managers]
         try:
             await _until(lambda: len(gw.http_requests) >= 5)
