@@ -125,6 +125,7 @@ from qqconn import events as ev
 from qqconn._log import QuietLogger
 from qqconn.checkpoint import Resumable
 from qqconn.endings import (
+    REASON_CHARS,
     RECONNECT_CLOSE_CODE,
     Closed,
     ConnectFailure,
@@ -360,6 +361,14 @@ _FROM_SOCKET = (*_INBOUND, ev.SocketClosed, ev.HeartbeatSent, ev.HeartbeatSendFa
 _EXPECTED_DELAYS = (Delay.NOW, Delay.ROTATION)
 
 _NEVER = float("-inf")
+
+#: Monotonic clocks are floats: a socket opened at 12345.678 and ended 5.00 s later may
+#: subtract to 4.9999999999. This much grace keeps "5.00 s is not quick" true.
+QUICK_GRACE_S = 5e-7
+#: Details the driver reports (a send error, a rejected frame) are logged shortened to this.
+DETAIL_CHARS = 200
+#: A raw Hello interval that was replaced is logged shortened to this (it may be anything).
+RAW_VALUE_CHARS = 40
 
 
 def _check_restored(restored: object) -> Resumable | None:
@@ -631,11 +640,9 @@ class ConnectionMachine:
         return self._lived_less_than_threshold()
 
     def _lived_less_than_threshold(self) -> bool:
-        # Monotonic clocks are floats: opened at 12345.678, ended 5.00 s later may subtract to
-        # 4.9999999999. Half a microsecond of grace keeps "5.00 s is not quick" true.
         assert self.opened_at is not None
         lived = self.now - self.opened_at
-        return lived + 5e-7 < self.policy.quick_disconnect_threshold_s
+        return lived + QUICK_GRACE_S < self.policy.quick_disconnect_threshold_s
 
     def quick_drops_exhausted(self, _: Any) -> bool:
         """Have max_quick_disconnects quick drops happened in a row?"""
@@ -696,7 +703,9 @@ class ConnectionMachine:
         interval, defaulted = self.policy.heartbeat_interval(raw)
         if defaulted:
             self._log.warning(
-                "qqconn.hello_interval_replaced", received=repr(raw)[:40], used_s=interval
+                "qqconn.hello_interval_replaced",
+                received=repr(raw)[:RAW_VALUE_CHARS],
+                used_s=interval,
             )
         self.heartbeat_interval_s = interval
         self._out.append(cmd.StartTimer(Timer.HEARTBEAT, interval, self.attempt))
@@ -778,12 +787,13 @@ class ConnectionMachine:
         self._log.warning(
             "qqconn.heartbeat_send_failed",
             failures=self.send_failures,
-            detail=str(event.kwargs.get("detail", ""))[:200],
+            detail=str(event.kwargs.get("detail", ""))[:DETAIL_CHARS],
         )
 
     def note_rejected(self, event: Any) -> None:
         # The driver logged the frame (shortened); the machine records that it was ignored.
-        self._log.debug("qqconn.frame_ignored", detail=str(event.kwargs.get("detail", ""))[:200])
+        detail = str(event.kwargs.get("detail", ""))[:DETAIL_CHARS]
+        self._log.debug("qqconn.frame_ignored", detail=detail)
 
     # -- actions: a connection is over ------------------------------------------------------
 
@@ -791,7 +801,7 @@ class ConnectionMachine:
         if self.attempt_open:
             self.attempt_open = False
             self._out.append(cmd.CancelTimer(Timer.ATTEMPT_DEADLINE))
-            self._out.append(cmd.CloseSocket(self.attempt, code, reason[:120]))
+            self._out.append(cmd.CloseSocket(self.attempt, code, reason[:REASON_CHARS]))
 
     def _forget_session(self, reason: str) -> None:
         # last_seq stays: READY sets it for the next session (heartbeats until then carry it).
