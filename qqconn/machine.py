@@ -461,8 +461,6 @@ class ConnectionMachine:
             queued=True,
             after_state_change="announce",
         )
-        if restored is not None:
-            self._log.info("qqconn.session_restored", last_seq=restored.last_seq)
 
     # -- the one entry point ---------------------------------------------------------------
 
