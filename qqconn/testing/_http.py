@@ -35,6 +35,8 @@ class HttpReply:
     status: int
     body: bytes
     content_type: str = "application/json"
+    #: Extra response headers (``Retry-After``, a trace id, ...).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpReply | None]]
@@ -143,6 +145,7 @@ class H11Server:
         headers = [
             ("content-type", reply.content_type),
             ("content-length", str(len(reply.body))),
+            *reply.headers,
         ]
         data = conn.send(h11.Response(status_code=reply.status, headers=headers)) or b""
         data += conn.send(h11.Data(data=reply.body)) or b""
