@@ -25,6 +25,7 @@ about ``shutdown_grace_s`` + 1 s.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,15 @@ _TICK_S: Final = 0.01
 _REALISTIC: Final[Any] = _Sentinel("REALISTIC")
 
 
+def is_loopback(host: str) -> bool:
+    """True for an IPv4/IPv6 loopback address literal: the only hosts the fake serves (a name
+    such as ``localhost`` may resolve to two families, each with its own ephemeral port)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class FakeGateway:
     """A fake QQ gateway (REST + WebSocket) on loopback, for integration tests.
 
@@ -75,6 +85,9 @@ class FakeGateway:
     a heartbeat ``d`` other than null or an integer → 4002; Identify or Resume on a socket
     that already has a session → 4005; Identify without integer ``intents`` → 4013;
     a token other than ``"QQBot <valid token>"`` → 4004.
+
+    Both servers listen on ``host`` (loopback only: ``127.0.0.1`` unless told ``::1`` or
+    another loopback address), on ``http_port`` / ``ws_port`` (0: an ephemeral port).
 
     Everything runs on the loop that called :meth:`start`; call the methods from it.
     """
@@ -94,8 +107,15 @@ class FakeGateway:
         close_timeout_s: float = 1.0,
         shutdown_grace_s: float = 0.5,
         seed: int | None = None,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        ws_port: int = 0,
     ) -> None:
+        if not is_loopback(host):
+            raise ValueError(f"FakeGateway: host must be a loopback address, got {host!r}")
         self.app_id = app_id
+        self._host = host
+        self._ports = (http_port, ws_port)
         self._client_secret = client_secret
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.bot_user_id = bot_user_id
@@ -128,9 +148,9 @@ class FakeGateway:
         if self._state != "new":
             raise RuntimeError(f"FakeGateway.start: already {self._state}")
         self._state = "running"
-        self._http_port = await self._http.start()
+        self._http_port = await self._http.start(self._host, self._ports[0])
         try:
-            await self._ws.start()
+            await self._ws.start(self._host, self._ports[1])
         except BaseException:
             await self._http.aclose()
             raise
@@ -167,9 +187,13 @@ class FakeGateway:
     # -- addresses and settings --------------------------------------------------------------
 
     @property
+    def _url_host(self) -> str:
+        return f"[{self._host}]" if ":" in self._host else self._host
+
+    @property
     def api_base(self) -> str:
         """``http://127.0.0.1:<port>``: serves ``/gateway[/bot]`` and the message APIs."""
-        return f"http://127.0.0.1:{self._http_port}"
+        return f"http://{self._url_host}:{self._http_port}"
 
     @property
     def token_url(self) -> str:
@@ -179,7 +203,7 @@ class FakeGateway:
     @property
     def ws_url(self) -> str:
         """The WebSocket URL ``/gateway`` hands out."""
-        return f"ws://127.0.0.1:{self._ws.port}{WS_PATH}"
+        return f"ws://{self._url_host}:{self._ws.port}{WS_PATH}"
 
     @property
     def client_secret(self) -> str:

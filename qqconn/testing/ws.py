@@ -103,11 +103,11 @@ class WebSocketSide:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, host: str, port: int) -> None:
         self.server = await serve(
             self._handle_socket,
-            "127.0.0.1",
-            0,
+            host,
+            port,
             process_request=self._check_path,
             create_connection=FakeServerConnection.connection_class(self.tcp_connections),
             compression=None,
