@@ -431,8 +431,11 @@ class FakeGateway:
         self, answer: ApiAnswer, *, route: MessageRoute | None = None, times: int | None = None
     ) -> None:
         """Answer message API calls with ``answer``: for one ``route`` or all (None), for the
-        next ``times`` calls or until changed (None). Route answers win over global ones;
-        ``times`` answers queue up, in order. Unauthorized calls always get 401."""
+        next ``times`` calls, or from now on (None, replacing the earlier standing answer).
+
+        Per call the route's queued ``times`` answers come first (in order), then its standing
+        answer, then the same for all routes, then a realistic success. Unauthorized calls
+        always get 401 and consume nothing."""
         self._rest.set_answer(answer, route, times)
 
     def clear_answers(self) -> None:

@@ -23,7 +23,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, get_args
 
 from qqconn.testing import payloads
@@ -89,9 +89,12 @@ class ApiAnswer:
 
 @dataclass(slots=True)
 class _Programmed:
-    answer: ApiAnswer
-    #: Calls still to answer this way; None = until changed.
-    left: int | None
+    """What one scope (a route, or every route) answers."""
+
+    #: ``[answer, calls left]`` queued by ``times=n``, answered first, in order.
+    counted: list[list[Any]] = field(default_factory=list)
+    #: Answered when nothing counted is left (``times=None``); None = fall through.
+    standing: ApiAnswer | None = None
 
 
 def _json_reply(status: int, doc: object, headers: tuple[tuple[str, str], ...] = ()) -> HttpReply:
@@ -109,7 +112,7 @@ class RestSide:
         self.gw = gw
         self.http_requests: list[HttpRecord] = []
         self.api_calls: list[ApiCall] = []
-        self._answers: dict[MessageRoute | None, list[_Programmed]] = {}
+        self._answers: dict[MessageRoute | None, _Programmed] = {}
 
     # -- programming -------------------------------------------------------------------------
 
@@ -120,25 +123,29 @@ class RestSide:
             raise ValueError(f"times must be a whole number or None, got {times!r}")
         if times is not None and times < 1:
             raise ValueError(f"times must be >= 1, got {times}")
-        queue = self._answers.setdefault(route, [])
+        scope = self._answers.setdefault(route, _Programmed())
         if times is None:
-            queue.clear()  # "from now on" replaces whatever was programmed for this scope
-        queue.append(_Programmed(answer, times))
+            scope.standing = answer
+        else:
+            scope.counted.append([answer, times])
 
     def clear_answers(self) -> None:
         self._answers.clear()
 
     def _programmed(self, route: MessageRoute) -> ApiAnswer | None:
-        for scope in (route, None):
-            queue = self._answers.get(scope)
-            if not queue:
+        for key in (route, None):
+            scope = self._answers.get(key)
+            if scope is None:
                 continue
-            head = queue[0]
-            if head.left is not None:
-                head.left -= 1
-                if head.left <= 0:
-                    queue.pop(0)
-            return head.answer
+            if scope.counted:
+                head = scope.counted[0]
+                head[1] -= 1
+                if head[1] <= 0:
+                    scope.counted.pop(0)
+                answer: ApiAnswer = head[0]
+                return answer
+            if scope.standing is not None:
+                return scope.standing
         return None
 
     # -- serving -----------------------------------------------------------------------------
