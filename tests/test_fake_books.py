@@ -169,3 +169,24 @@ def test_gateway_exposes_credentials_without_leaking_them() -> None:
     assert gw.fast_policy == fast_policy()
     with pytest.raises(ValueError, match="loopback"):
         FakeGateway(host="0.0.0.0")
+
+
+@pytest.mark.parametrize("module", ["sessions", "payloads", "defaults", "faults", "records"])
+def test_the_fakes_books_do_no_io(module: str) -> None:
+    """The bookkeeping modules import no asyncio, sockets, HTTP/WebSocket library or clock."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"qqconn.testing.{module}")
+    assert spec is not None and spec.origin is not None
+    with open(spec.origin, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    forbidden = {"asyncio", "socket", "time", "websockets", "h11", "httpx"}
+    local = {"qqconn.testing.ws", "qqconn.testing.sockets", "qqconn.testing.rest"}
+    assert not imported & (forbidden | local | {"qqconn.testing._http", "qqconn.driver"})
