@@ -22,7 +22,7 @@ __all__ = [
     "MessageRoute",
 ]
 
-#: The message APIs an adapter calls to reply (docs/protocol.md): ``"group"``
+#: The message APIs an adapter calls to reply (see :mod:`qqconn.testing.rest`): ``"group"``
 #: ``POST /v2/groups/{group_openid}/messages``, ``"c2c"`` ``POST /v2/users/{openid}/messages``,
 #: ``"channel"`` ``POST /channels/{channel_id}/messages``, ``"dm"`` ``POST /dms/{guild_id}/messages``.
 MessageRoute = Literal["group", "c2c", "channel", "dm"]

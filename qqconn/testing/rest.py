@@ -1,16 +1,19 @@
 """The REST side of the fake gateway: token endpoint, ``/gateway[/bot]``, and the message APIs.
 
-Routes (docs/protocol.md §3):
+Routes:
 
-* ``POST /app/getAppAccessToken`` — ``{"appId", "clientSecret"}`` as JSON → ``access_token`` and
+* ``POST /app/getAppAccessToken`` (docs/protocol.md §3.1) — ``{"appId", "clientSecret"}`` as JSON → ``access_token`` and
   ``expires_in`` (a string); errors as HTTP 200 with ``code``/``message``.
-* ``GET /gateway`` and ``GET /gateway/bot`` — the WebSocket URL (and ``session_start_limit``).
+* ``GET /gateway`` and ``GET /gateway/bot`` — the WebSocket URL (and ``session_start_limit``,
+  §3.2).
 * The message APIs adapters call to reply — group ``POST /v2/groups/{group_openid}/messages``,
   C2C ``POST /v2/users/{openid}/messages``, channel ``POST /channels/{channel_id}/messages``,
   DM ``POST /dms/{guild_id}/messages``. Each call is recorded as an
   :class:`~qqconn.testing.records.ApiCall` (tokens masked) and answered with what the test
   programmed (:class:`ApiAnswer`, per route or for all), else a realistic success body:
   ``{"id", "timestamp"}`` for group and C2C, the created message object for channel and DM.
+  These shapes follow the platform's public OpenAPI reference; docs/protocol.md covers only the
+  REST facts the connection itself needs (§3).
 
 Every authenticated route wants ``Authorization: QQBot <token>`` with a token the fake issued
 and still honours; anything else gets 401 ``{"code": 11244, "message": "token not exist or
