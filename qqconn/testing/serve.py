@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -77,8 +78,11 @@ async def _pump(gw: FakeGateway, every_s: float) -> None:
 async def _serve(gw: FakeGateway, dispatch_every_s: float) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals here: Ctrl-C
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
     try:
         async with gw:
             values = {
@@ -103,7 +107,7 @@ async def _serve(gw: FakeGateway, dispatch_every_s: float) -> None:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in handled:
             loop.remove_signal_handler(sig)
 
 
@@ -130,12 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (0 <= args.dispatch_every < float("inf")):  # also refuses NaN
         print("error: --dispatch-every must be a finite number >= 0", file=sys.stderr)
         return 2
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if args.verbose else logging.INFO
-        ),
-    )
+    if not structlog.is_configured():  # a caller (the qqconn CLI) may have set up logging
+        structlog.configure(
+            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+            wrapper_class=structlog.make_filtering_bound_logger(
+                logging.DEBUG if args.verbose else logging.INFO
+            ),
+        )
     gw = FakeGateway(
         host=args.host,
         http_port=args.port,

@@ -30,6 +30,7 @@ from qqconn.protocol import OpCode
 from qqconn.testing.faults import MISSING, NO_OVERRIDE
 from qqconn.testing.payloads import compact
 from qqconn.testing.records import ConnectionRecord, FrameRecord
+from qqconn.testing.sessions import Session
 from qqconn.testing.sockets import FakeServerConnection, Outgoing, Socket, wait_closed
 
 if TYPE_CHECKING:
@@ -377,7 +378,7 @@ class WebSocketSide:
         else:
             self.close_with(sock, int(mode))
 
-    def attach(self, sock: Socket, session: Any) -> None:
+    def attach(self, sock: Socket, session: Session[Socket]) -> None:
         left = self.gw._book.attach(session, sock)
         if left is not None:
             left.session = None
