@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from qqconn.testing import MISSING, FakeGateway, Faults
+from qqconn.testing import DEFAULT_APP_ID, DEFAULT_CLIENT_SECRET, MISSING, FakeGateway, Faults
 
 Frame = dict[str, Any]
 
@@ -26,7 +26,9 @@ WAIT_S = 3.0
 
 async def fetch_token(gw: FakeGateway) -> str:
     async with httpx.AsyncClient(timeout=2.0) as client:
-        r = await client.post(gw.token_url, json={"appId": "1000", "clientSecret": "s3cret"})
+        r = await client.post(
+            gw.token_url, json={"appId": DEFAULT_APP_ID, "clientSecret": DEFAULT_CLIENT_SECRET}
+        )
     token = r.json()["access_token"]
     assert isinstance(token, str)
     return token
@@ -109,10 +111,12 @@ async def test_token_endpoint_returns_expires_in_as_a_string(fake_gateway: FakeG
     """A correct appId/secret gets a token and expires_in as a string of remaining seconds."""
     async with httpx.AsyncClient(timeout=2.0) as client:
         r = await client.post(
-            fake_gateway.token_url, json={"appId": "1000", "clientSecret": "s3cret"}
+            fake_gateway.token_url,
+            json={"appId": DEFAULT_APP_ID, "clientSecret": DEFAULT_CLIENT_SECRET},
         )
         again = await client.post(
-            fake_gateway.token_url, json={"appId": "1000", "clientSecret": "s3cret"}
+            fake_gateway.token_url,
+            json={"appId": DEFAULT_APP_ID, "clientSecret": DEFAULT_CLIENT_SECRET},
         )
     assert r.status_code == 200
     body = r.json()
@@ -126,9 +130,9 @@ async def test_token_endpoint_returns_expires_in_as_a_string(fake_gateway: FakeG
 @pytest.mark.parametrize(
     ("payload", "as_json"),
     [
-        ({"appId": "1000", "clientSecret": "wrong"}, True),
-        ({"appId": "9999", "clientSecret": "s3cret"}, True),
-        ({"appId": "1000", "clientSecret": "s3cret"}, False),
+        ({"appId": DEFAULT_APP_ID, "clientSecret": "wrong"}, True),
+        ({"appId": "9999", "clientSecret": DEFAULT_CLIENT_SECRET}, True),
+        ({"appId": DEFAULT_APP_ID, "clientSecret": DEFAULT_CLIENT_SECRET}, False),
     ],
 )
 async def test_token_endpoint_errors_are_http_200_bodies(
@@ -209,7 +213,7 @@ async def test_token_endpoint_faults(fake_gateway: FakeGateway, mode: str) -> No
     """token_endpoint faults: HTTP 500, an HTTP 200 error body, or no answer at all."""
     fake_gateway.faults.token_endpoint = mode  # type: ignore[assignment]
     async with httpx.AsyncClient(timeout=0.3) as client:
-        body = {"appId": "1000", "clientSecret": "s3cret"}
+        body = {"appId": DEFAULT_APP_ID, "clientSecret": DEFAULT_CLIENT_SECRET}
         if mode == "hang":
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(fake_gateway.token_url, json=body)
@@ -866,7 +870,9 @@ async def test_shutdown_is_prompt_with_hanging_clients() -> None:
     gw.faults.token_endpoint = "hang"
     client = httpx.AsyncClient(timeout=30.0)
     request = asyncio.create_task(
-        client.post(gw.token_url, json={"appId": "1000", "clientSecret": "s3cret"})
+        client.post(
+            gw.token_url, json={"appId": DEFAULT_APP_ID, "clientSecret": DEFAULT_CLIENT_SECRET}
+        )
     )
     # A raw TCP client that upgrades and then never reads or answers a close frame.
     _, writer = await asyncio.open_connection("127.0.0.1", ws_port(gw))

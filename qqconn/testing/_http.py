@@ -35,6 +35,8 @@ class HttpReply:
     status: int
     body: bytes
     content_type: str = "application/json"
+    #: Extra response headers (``Retry-After``, a trace id, ...).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpReply | None]]
@@ -45,7 +47,7 @@ class _TooLarge(Exception):
 
 
 class H11Server:
-    """Serve ``handler`` on ``127.0.0.1``; :meth:`start` returns the ephemeral port."""
+    """Serve ``handler`` on loopback; :meth:`start` returns the port (ephemeral by default)."""
 
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
@@ -53,10 +55,10 @@ class H11Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
 
     async def aclose(self, timeout_s: float = 1.0) -> None:
         """Stop listening and cut every connection, answered or hanging; bounded by timeout_s."""
@@ -143,6 +145,7 @@ class H11Server:
         headers = [
             ("content-type", reply.content_type),
             ("content-length", str(len(reply.body))),
+            *reply.headers,
         ]
         data = conn.send(h11.Response(status_code=reply.status, headers=headers)) or b""
         data += conn.send(h11.Data(data=reply.body)) or b""

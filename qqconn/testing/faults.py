@@ -3,16 +3,22 @@
 Each attribute is read when it matters (at the next socket open, the next frame, the next
 tick of the 10 ms watchdog), so flipping one affects the connection already open. Mode strings
 are checked on assignment: a typo raises ``ValueError`` at once rather than being ignored.
+
+Per-socket faults: :meth:`Faults.for_socket` and :meth:`Faults.for_next_sockets` set the
+switches of :data:`PER_SOCKET` for one connection (by index) or for each of the next ``n``
+connections opened; such a value wins over the attribute for that socket only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal, get_args
 
 __all__ = [
     "MISSING",
     "NO_OVERRIDE",
+    "PER_SOCKET",
     "Faults",
     "GatewayEndpointMode",
     "ResumeMode",
@@ -47,6 +53,27 @@ _MODES: Final[dict[str, tuple[str, ...]]] = {
     "gateway_endpoint": get_args(GatewayEndpointMode),
     "resume": get_args(ResumeMode),
 }
+
+
+#: The switches that can be set per socket (the others belong to the REST side or count
+#: sockets themselves).
+PER_SOCKET: Final[frozenset[str]] = frozenset(
+    {
+        "ack",
+        "silent",
+        "hello_interval",
+        "hello_delay_s",
+        "drop_early_frames",
+        "resume",
+        "identify_close",
+        "allowed_intents",
+        "intents_close_code",
+        "legacy_tokens",
+        "heartbeat_timeout_s",
+        "reconnect_every_s",
+        "reconnect_close_after_s",
+    }
+)
 
 
 @dataclass
@@ -105,6 +132,10 @@ class Faults:
     close_new_sockets_after_s: float = 0.0
     #: None = drop without a close frame.
     close_new_sockets_code: int | None = None
+    #: Per-socket values by connection index (see :meth:`for_socket`); read with :meth:`value`.
+    _by_socket: dict[int, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
+    #: ``[count left, values]`` queued by :meth:`for_next_sockets`, oldest first.
+    _next: list[list[Any]] = field(default_factory=list, init=False, repr=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._check(name, value)
@@ -125,8 +156,55 @@ class Faults:
         self.close_new_sockets_code = code
         self.close_new_sockets_left = count
 
+    def for_socket(self, index: int, **switches: Any) -> None:
+        """Set switches of :data:`PER_SOCKET` for connection ``index`` only (0 is the first
+        connection the gateway accepted), open now or opened later: ``faults.for_socket(2,
+        ack=False)`` makes the third socket a zombie and leaves the others alone."""
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"for_socket: index must be a whole number >= 0, got {index!r}")
+        self._by_socket.setdefault(index, {}).update(self._per_socket(switches))
+
+    def for_next_sockets(self, count: int, **switches: Any) -> None:
+        """Set switches of :data:`PER_SOCKET` for each of the next ``count`` sockets opened
+        (queued after earlier calls' sockets): ``faults.for_next_sockets(1, silent=True)``."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"for_next_sockets: count must be a whole number >= 1, got {count!r}")
+        self._next.append([count, self._per_socket(switches)])
+
+    def socket_opened(self, index: int) -> None:
+        """Called by the gateway when connection ``index`` opens: it takes its queued values."""
+        if not self._next:
+            return
+        entry = self._next[0]
+        entry[0] -= 1
+        if entry[0] <= 0:
+            self._next.pop(0)
+        mine = self._by_socket.setdefault(index, {})
+        for name, value in entry[1].items():
+            mine.setdefault(name, value)  # for_socket(index, ...) is more specific: it wins
+
+    def value(self, name: str, index: int) -> Any:
+        """The switch ``name`` as it applies to connection ``index``."""
+        mine = self._by_socket.get(index)
+        if mine is not None and name in mine:
+            return mine[name]
+        return getattr(self, name)
+
+    def _per_socket(self, switches: Mapping[str, Any]) -> dict[str, Any]:
+        if not switches:
+            raise ValueError("name at least one switch, e.g. ack=False")
+        for name, value in switches.items():
+            if name not in PER_SOCKET:
+                raise ValueError(
+                    f"faults.{name} cannot be set per socket; one of {', '.join(sorted(PER_SOCKET))}"
+                )
+            self._check(name, value)
+        return dict(switches)
+
     def reset(self) -> None:
-        """Back to a well-behaved gateway."""
+        """Back to a well-behaved gateway (per-socket values included)."""
         for f in fields(self):
             if f.init:
                 setattr(self, f.name, f.default)
+        self._by_socket.clear()
+        self._next.clear()

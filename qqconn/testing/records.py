@@ -8,10 +8,24 @@ gateway as things happen; treat them as read-only.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ClosedBy", "ConnectionRecord", "Direction", "FrameRecord", "HttpRecord"]
+__all__ = [
+    "ApiCall",
+    "ClosedBy",
+    "ConnectionRecord",
+    "Direction",
+    "FrameRecord",
+    "HttpRecord",
+    "MessageRoute",
+]
+
+#: The message APIs an adapter calls to reply (see :mod:`qqconn.testing.rest`): ``"group"``
+#: ``POST /v2/groups/{group_openid}/messages``, ``"c2c"`` ``POST /v2/users/{openid}/messages``,
+#: ``"channel"`` ``POST /channels/{channel_id}/messages``, ``"dm"`` ``POST /dms/{guild_id}/messages``.
+MessageRoute = Literal["group", "c2c", "channel", "dm"]
 
 #: ``"in"``: client → gateway; ``"out"``: gateway → client.
 Direction = Literal["in", "out"]
@@ -88,3 +102,34 @@ class HttpRecord:
     method: str
     path: str
     status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCall:
+    """One request to a message API (a reply), as the fake received and answered it.
+
+    Tokens never appear: the ``authorization`` header reads ``"QQBot ***"`` and any issued
+    token inside another header or the body is replaced by ``***``.
+    """
+
+    at: float
+    route: MessageRoute
+    method: str
+    path: str
+    #: The path's id: the group openid, user openid, channel id or DM guild id.
+    target: str
+    #: Request headers, names lower-cased, tokens masked.
+    headers: Mapping[str, str]
+    #: The JSON body as parsed (tokens masked), or None when it was not JSON.
+    body: Any
+    #: True when ``Authorization`` carried a token the fake issued and still honours.
+    authorized: bool
+    #: What the fake answered: HTTP status and JSON body.
+    status: int
+    answer: Any
+
+    @property
+    def content(self) -> str | None:
+        """The reply's ``content``, when the body is an object that has one."""
+        value = self.body.get("content") if isinstance(self.body, dict) else None
+        return value if isinstance(value, str) else None
