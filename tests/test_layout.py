@@ -275,8 +275,8 @@ def _tracked_files() -> list[Path]:
 
 
 def test_no_file_points_a_reader_outside_the_repository() -> None:
-    """No tracked file cites the spec's old home (shared/, anchors.md, qq-protocol.md): the
-    spec lives in docs/ (behaviour.md, protocol.md, peers.md)."""
+    """No tracked file cites the spec's old home outside the repository (the folder or the
+    file names OUTSIDE matches): the spec lives in docs/ (behaviour.md, protocol.md, peers.md)."""
     files = _tracked_files()
     assert len(files) > 20  # git found the repository, so the scan has work
     hits = []
@@ -302,3 +302,78 @@ def test_outside_pattern_matches_what_it_should() -> None:
         assert OUTSIDE.search(line), line
     for line in ("docs/behaviour.md rule 10", "docs/protocol.md §3.1", "docs/peers.md §8.3"):
         assert not OUTSIDE.search(line), line
+
+
+# -- the docs the code cites ------------------------------------------------------------------
+
+DOCS = ROOT / "docs"
+
+
+def _headings(path: Path) -> list[str]:
+    return [
+        ln.lstrip("#").strip()
+        for ln in path.read_text(encoding="utf-8").splitlines()
+        if ln.startswith("#")
+    ]
+
+
+def _rules() -> list[int]:
+    text = (DOCS / "behaviour.md").read_text(encoding="utf-8")
+    return [int(n) for n in re.findall(r"^(\d+)\. \*\*", text, flags=re.M)]
+
+
+def test_behaviour_md_numbers_rules_1_to_23_in_order() -> None:
+    """docs/behaviour.md states rules 1 to 23, each once, in order (code cites them by number)."""
+    assert _rules() == list(range(1, 24))
+
+
+def test_protocol_md_keeps_the_section_numbers() -> None:
+    """docs/protocol.md has sections 0 to 9 with the subsections code and tests cite."""
+    numbers = {h.split(" ", 1)[0].rstrip(".") for h in _headings(DOCS / "protocol.md")}
+    wanted = {str(n) for n in range(10)} | {"1.1", "1.2", "1.3", "1.4", "1.5", "2.1", "2.2"}
+    wanted |= {"2.3", "2.4", "3.1", "3.2", "3.3", "5.1", "5.2", "5.3"}
+    assert wanted <= numbers, sorted(wanted - numbers)
+
+
+_CITATION = re.compile(r"(behaviour|protocol|peers)\.md(?:`{0,2})\s*(?:§\s*|rules?\s+)([\w.]+)")
+
+
+def test_every_citation_of_the_docs_names_something_they_have() -> None:
+    """Each citation of a rule of docs/behaviour.md or a section of docs/protocol.md or
+    docs/peers.md, in any tracked file, names a rule or section that exists."""
+    sections = {
+        name: {h.split(" ", 1)[0].rstrip(".") for h in _headings(DOCS / f"{name}.md")}
+        for name in ("protocol", "peers")
+    }
+    titles = " ".join(_headings(DOCS / "behaviour.md"))
+    rules = {str(n) for n in _rules()}
+    seen = 0
+    bad = []
+    for path in _tracked_files():
+        if path.suffix not in (".py", ".md", ".txt", ".toml", ".cfg", ""):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for doc, ref in _CITATION.findall(text):
+            ref = ref.rstrip(".")
+            seen += 1
+            if doc == "behaviour":
+                ok = ref in rules or (not ref[0].isdigit() and ref in titles)
+            else:
+                ok = ref in sections[doc]
+            if not ok:
+                bad.append(f"{path.relative_to(ROOT)}: {doc}.md {ref}")
+    assert seen, "no citation found: the pattern is broken"
+    assert not bad, "citations of something the docs do not have:\n" + "\n".join(bad)
+
+
+def test_api_md_lists_every_public_name() -> None:
+    """docs/api.md names every name of qqconn.__all__ and qqconn.testing.__all__."""
+    import qqconn
+    import qqconn.testing
+
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    missing = [n for n in [*qqconn.__all__, *qqconn.testing.__all__] if f"`{n}`" not in text]
+    assert not missing, f"docs/api.md does not list: {missing}"
