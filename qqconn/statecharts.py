@@ -16,10 +16,13 @@ How the picture reads, top to bottom:
   line, ``trigger [guard] / action``, in table order, instead of as self-loops whose labels pile
   up; a row that fires only when every guarded row of the same trigger before it failed says
   ``[else]``;
-* a trigger whose guarded rows leave several states for several destinations (such as
-  ``connection_ended``) goes through one diamond, the choice, whose branches carry the guards;
-  one row leaving several states for one destination (``stop``) joins in a small dot first, so
-  each label is written once.
+* guarded rows of one trigger that leave several states for several destinations (such as
+  ``connection_ended``) go through one choice, a diamond named after the trigger whose arrows
+  carry the guards; triggers whose rows lead to the same set of destinations share one choice,
+  drawn as a decision table that lists, per destination, the rows that lead there (the arrows
+  into it name the triggers);
+* one row leaving several states for one destination (``stop``) joins in a small dot first, so
+  its label is written once; rows that take the same arrow share it, one line each.
 
 What the pictures leave out, on purpose, because it would hide the machine's shape under
 dozens of rows that do nothing:
@@ -154,8 +157,9 @@ class Chart:
     terminal: list[str]
     #: Per state, its internal transitions as ``trigger [guard] / action`` lines, in table order.
     internal: dict[str, list[str]]
-    #: Choice nodes: id → the trigger whose guarded rows branch there.
-    choices: dict[str, str] = field(default_factory=dict)
+    #: Choice nodes: id → the triggers whose guarded rows branch there (one choice per set of
+    #: destinations, so the ways a connection can end share one diamond).
+    choices: dict[str, list[str]] = field(default_factory=dict)
     #: Junction nodes (one row leaving several states): id → the trigger.
     junctions: dict[str, str] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
@@ -181,7 +185,10 @@ def _guard(row: dict[str, Any]) -> str:
 
 
 def _action(row: dict[str, Any]) -> str:
-    return ", ".join(_names(row.get("before", [])) + _names(row.get("after", [])))
+    """The row's callbacks in the order transitions runs them: prepare, before, after."""
+    return ", ".join(
+        name for key in ("prepare", "before", "after") for name in _names(row.get(key, []))
+    )
 
 
 def _label(trigger: str, guard: str, action: str) -> str:
@@ -232,16 +239,22 @@ def chart(
     def guard_of(i: int, row: dict[str, Any], source: str) -> str:
         return "else" if source in fallback[i] else _guard(row)
 
+    choice_of: dict[frozenset[str], str] = {}
     for (trigger, group_sources), members in groups.items():
         sources = list(group_sources)
 
         if len(sources) > 1 and len(members) > 1:
-            node = f"choice_{trigger}_{len(out.choices) + 1}"
-            out.choices[node] = trigger
+            dests = frozenset(_names(row["dest"])[0] for _, row in members)
+            node = choice_of.get(dests)
+            if node is None:
+                node = choice_of[dests] = f"choice_{len(choice_of) + 1}"
+                out.choices[node] = []
+            out.choices[node].append(trigger)
             out.edges.extend(Edge(s, node, trigger) for s in sources)
             for i, row in members:
                 dest = _names(row["dest"])[0]
-                out.edges.append(Edge(node, dest, "", guard_of(i, row, sources[0]), _action(row)))
+                guard = guard_of(i, row, sources[0])
+                out.edges.append(Edge(node, dest, trigger, guard, _action(row)))
         elif len(sources) > 1:
             ((i, row),) = members
             node = f"join_{trigger}_{len(out.junctions) + 1}"
@@ -296,14 +309,23 @@ def _mermaid(c: Chart) -> str:
         lines.append(f"  state {node} <<choice>>")
     lines.append("")
     lines.append(f"  [*] --> {c.states[0]}")
+    # Arrows carry trigger [guard] only (Mermaid lays long labels out badly; the actions are in
+    # the dot/SVG), and the rows that take one arrow share it, separated by commas.
+    merged: dict[tuple[str, str], list[str]] = {}
     for edge in c.edges:
         if edge.source in c.junctions:
             continue  # Mermaid has no plain junction: one labelled arrow per source instead
         if edge.dest in c.junctions:
             out = next(e for e in c.edges if e.source == edge.dest)
-            edge = Edge(edge.source, out.dest, out.trigger, out.guard, out.action)
-        label = edge.label()
-        lines.append(f"  {edge.source} --> {edge.dest}" + (f": {label}" if label else ""))
+            edge = Edge(edge.source, out.dest, out.trigger, out.guard)
+        if len(c.choices.get(edge.source, ())) == 1:
+            edge = Edge(edge.source, edge.dest, "", edge.guard)
+        label = _label(edge.trigger, edge.guard, "")
+        labels = merged.setdefault((edge.source, edge.dest), [])
+        if label and label not in labels:
+            labels.append(label)
+    for (source, dest), labels in merged.items():
+        lines.append(f"  {source} --> {dest}" + (f": {', '.join(labels)}" if labels else ""))
     for name in c.terminal:
         lines.append(f"  {name} --> [*]")
     for name in c.states:
@@ -342,14 +364,23 @@ def _state_label(name: str, internal: list[str], stroke: str) -> str:
     )
 
 
-def _edge_label(edge: Edge) -> str:
-    head = _label(edge.trigger, edge.guard, "")
-    parts = []
-    if head:
-        parts.append(_h(head))
-    if edge.action:
-        parts.append(f'<font color="#6b7280" point-size="9">/ {_h(edge.action)}</font>')
-    return "<" + "<br/>".join(parts) + ">" if parts else ""
+def _edge_label(edges: Sequence[Edge]) -> str:
+    """One line per row, ``trigger [guard]`` with its action greyed: an HTML-like label."""
+    lines = []
+    for edge in edges:
+        line = _h(_label(edge.trigger, edge.guard, ""))
+        if edge.action:
+            line += f' <font color="#6b7280" point-size="9">/ {_h(edge.action)}</font>'
+        if line:
+            lines.append(line)
+    return (
+        "<"
+        + '<br align="left"/>'.join(lines)
+        + ('<br align="left"/>' if len(lines) > 1 else "")
+        + ">"
+        if lines
+        else ""
+    )
 
 
 def _dot(c: Chart) -> str:
@@ -373,11 +404,46 @@ def _dot(c: Chart) -> str:
             f"\t{name} [label={_state_label(name, c.internal[name], stroke)}"
             f' fillcolor="{fill}" color="{stroke}" penwidth=1.5 id="state_{name}"]'
         )
-    for node, trigger in c.choices.items():
-        out.append(
-            f'\t{node} [label="" xlabel={_q(trigger)} shape=diamond style=filled'
-            f' fillcolor="#f9fafb" color="#374151" width=0.3 height=0.3 id="{node}"]'
+    ports: dict[tuple[str, str], str] = {}
+    for node, triggers in c.choices.items():
+        if len(triggers) == 1:
+            # A choice of one trigger is a diamond that names it; its arrows carry the guards.
+            out.append(
+                f'\t{node} [label="" xlabel={_q(triggers[0])} shape=diamond style=filled'
+                f' fillcolor="#f9fafb" color="#374151" width=0.3 height=0.3 id="{node}"]'
+            )
+            continue
+        # A choice several triggers share is a decision table: one cell per destination,
+        # listing the rows that lead there; one unlabelled arrow leaves each cell.
+        branches: dict[str, list[Edge]] = {}
+        for edge in c.edges:
+            if edge.source == node:
+                branches.setdefault(edge.dest, []).append(edge)
+        cells = []
+        for dest, edges in branches.items():
+            ports[(node, dest)] = node
+            lines = "".join(
+                f'{_h(_label(e.trigger, e.guard, ""))}<br align="left"/>'
+                + (
+                    f'<font color="#6b7280" point-size="9">    / {_h(e.action)}</font>'
+                    '<br align="left"/>'
+                    if e.action
+                    else ""
+                )
+                for e in edges
+            )
+            cells.append(
+                f'<tr><td align="left" balign="left"><b>&#8594; {_h(dest)}</b>'
+                f'<br align="left"/>{lines}</td></tr>'
+            )
+        table = (
+            '<<table border="1" cellborder="0" cellspacing="0" cellpadding="4" style="rounded"'
+            ' color="#374151" bgcolor="#f9fafb"><tr><td align="left"><font point-size="10">'
+            "&#9671; choice: the first row that holds, in table order</font></td></tr><hr/>"
+            + "<hr/>".join(cells)
+            + "</table>>"
         )
+        out.append(f'\t{node} [label={table} shape=plain fontsize=10 id="{node}"]')
     for node in c.junctions:
         out.append(f'\t{node} [label="" shape=point width=0.08 color="#374151" id="{node}"]')
     if c.terminal:
@@ -395,17 +461,27 @@ def _dot(c: Chart) -> str:
         out.append("\t}")
         out.append("\t{rank=sink; " + "; ".join(c.terminal) + "}")
     out.append(f"\t__start -> {c.states[0]}")
+    # One arrow per (from, to), carrying every row that takes it, one line each.
+    merged: dict[tuple[str, str], list[Edge]] = {}
     for edge in c.edges:
+        merged.setdefault((edge.source, edge.dest), []).append(edge)
+    for (source, dest), edges in merged.items():
         attrs = []
-        # The choice names its trigger once, beside the diamond; the arrows into it need no label.
-        label = "" if edge.dest in c.choices else _edge_label(edge)
+        tail = source
+        if (source, dest) in ports:
+            edges = []  # the decision table's cell for this destination lists the rows
+        elif len(c.choices.get(dest, ())) == 1:
+            edges = []  # the diamond names its one trigger
+        elif len(c.choices.get(source, ())) == 1:
+            edges = [Edge(e.source, e.dest, "", e.guard, e.action) for e in edges]
+        label = _edge_label(edges)
         if label:
             attrs.append(f"label={label}")
-        if edge.dest in c.junctions or edge.dest in c.choices:
+        if dest in c.junctions or dest in c.choices:
             attrs.append("arrowhead=none")
-        if edge.dest in c.terminal:
-            attrs.append(f'color="{_COLOURS.get(edge.dest, _DEFAULT_COLOUR)[1]}"')
-        out.append(f"\t{edge.source} -> {edge.dest}" + (f" [{' '.join(attrs)}]" if attrs else ""))
+        if dest in c.terminal:
+            attrs.append(f'color="{_COLOURS.get(dest, _DEFAULT_COLOUR)[1]}"')
+        out.append(f"\t{tail} -> {dest}" + (f" [{' '.join(attrs)}]" if attrs else ""))
     out.append("}")
     return "\n".join(out) + "\n"
 
