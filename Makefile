@@ -1,19 +1,18 @@
 # The daily verbs. `make test` and `make demo` work on a fresh machine: they create .venv and
-# install what they need (and Debian's graphviz for the SVG statechart) on first use.
+# install what they need on first use. `make tools` (run by test, check and statecharts) adds
+# the system tools some tests use, Graphviz's dot and Chromium, where it can (apt-get as root,
+# or `sudo -n`, never a prompt) and otherwise prints how to install them and carries on; see
+# .ci/install-tools. Everything is a no-op when already in place.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test demo lint typecheck statecharts bench soak check clean
+.PHONY: all venv tools test demo lint typecheck statecharts bench soak check clean
 
 all: check
 
 $(STAMP): pyproject.toml
-	@command -v dot >/dev/null 2>&1 || { \
-	  echo "installing Debian's graphviz (for statecharts/*.svg)"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq graphviz >/dev/null; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -21,8 +20,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+tools:
+	@sh .ci/install-tools
+
+# pytest exits 5 when it collected no test: that is a failure, said as one.
+test: tools $(STAMP)
+	@$(PY) -m pytest -q; status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no test" >&2; fi; \
+	  exit $$status
 
 demo: $(STAMP)
 	$(VENV)/bin/qqconn demo
@@ -32,9 +37,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check qqconn tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy qqconn
+	$(VENV)/bin/mypy --strict qqconn
 
-statecharts: $(STAMP)
+statecharts: tools $(STAMP)
 	$(PY) -m qqconn.statecharts statecharts
 
 bench: $(STAMP)
@@ -43,6 +48,7 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m pytest -q -s tests/test_soak.py --soak-seconds=$${SECONDS_TO_SOAK:-600}
 
+# What CI runs (.ci/run): the habits first, then the tests.
 check: lint typecheck test
 
 clean:
