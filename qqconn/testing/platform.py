@@ -88,6 +88,7 @@ class FakePlatform:
         timeout_s: float = 5.0,
         retry_delay_s: float = 0.0,
         lose_acks: int = 0,
+        verify: Any = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         host = urlsplit(url).hostname
@@ -102,6 +103,7 @@ class FakePlatform:
         self.retry_delay_s = retry_delay_s
         #: how many of the coming acknowledgements to ignore (each forces one retry)
         self.lose_acks = lose_acks
+        self._verify = verify
         self._clock = clock
         self._http: httpx.AsyncClient | None = None
         self._seq = 0
@@ -109,7 +111,7 @@ class FakePlatform:
         self.sent: list[SentRequest] = []
 
     async def __aenter__(self) -> FakePlatform:
-        self._http = httpx.AsyncClient(timeout=self.timeout_s, trust_env=False)
+        self._http = httpx.AsyncClient(timeout=self.timeout_s, trust_env=False, verify=self._verify)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

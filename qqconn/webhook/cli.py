@@ -148,8 +148,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     elif ":" in host:
         raise UsageError(f"--listen: write an IPv6 address in brackets, [::1]:8080, got {text!r}")
     port = int(port_text)
-    if not 0 < port <= 65535:
-        raise UsageError(f"--listen: port must be 1..65535, got {port}")
+    if not 0 <= port <= 65535:  # 0: any free port (the listening log line names it)
+        raise UsageError(f"--listen: port must be 0..65535, got {port}")
     return host, port
 
 
@@ -316,7 +316,7 @@ async def _serve(opts: ServeOptions) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    if opts.port not in QQ_CALLBACK_PORTS:
+    if opts.port not in QQ_CALLBACK_PORTS and opts.port != 0:
         log.info(
             "qqconn.cli.port_not_callable_by_qq",
             port=opts.port,

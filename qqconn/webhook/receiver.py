@@ -150,6 +150,7 @@ class WebhookReceiver:
         self._fatal: FatalError | None = None
         self._server: _Server | None = None
         self._socket: socket.socket | None = None
+        self._bound_port: int | None = None
         self._started = False
         self._run_done = asyncio.Event()
         self._host_queue: asyncio.Queue[StateChange | FatalError] = asyncio.Queue()
@@ -167,9 +168,7 @@ class WebhookReceiver:
     @property
     def bound_port(self) -> int | None:
         """The port actually listened on (useful with ``port=0``), None before ``run()``."""
-        if self._socket is None:
-            return None
-        return int(self._socket.getsockname()[1])
+        return self._bound_port
 
     @property
     def listen(self) -> str:
@@ -250,6 +249,7 @@ class WebhookReceiver:
     async def _serve(self) -> None:
         try:
             self._socket = self._bind()
+            self._bound_port = int(self._socket.getsockname()[1])
         except OSError as exc:
             retryable = exc.errno not in _PERMANENT_BIND_ERRORS
             self._fail(
