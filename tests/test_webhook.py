@@ -296,31 +296,28 @@ async def test_the_app_mounts_under_a_plain_asgi_router() -> None:
 
 
 def test_transport_chooses_by_configuration() -> None:
-    """transport() builds the WebSocket manager or the webhook receiver; both have the host API."""
+    """One configuration, switched by its "transport" key alone, builds either; both have the host API."""
     handler = print
-    ws = transport(
-        {"app_id": APP_ID, "client_secret": SECRET, "intents": "GUILDS|PUBLIC_GUILD_MESSAGES"},
-        on_dispatch=handler,
-    )
-    wh = transport(
-        {
-            "transport": "webhook",
-            "app_id": APP_ID,
-            "client_secret": SECRET,
-            "port": 8443,
-            "path": "/qq",
-        },
-        on_dispatch=handler,
-    )
+    config = {
+        "app_id": APP_ID,
+        "client_secret": SECRET,
+        "intents": "GUILDS|PUBLIC_GUILD_MESSAGES",  # websocket only
+        "shard": [0, 1],
+        "port": 8443,  # webhook only
+        "path": "/qq",
+    }
+    ws = transport(config, on_dispatch=handler)
+    wh = transport({**config, "transport": "webhook"}, on_dispatch=handler)
     assert type(ws).__name__ == "ConnectionManager" and isinstance(wh, WebhookReceiver)
+    assert ws.intents == 1 | 1 << 30 and wh.port == 8443 and wh.path == "/qq"  # type: ignore[union-attr]
     for t in (ws, wh):
         assert callable(t.run) and callable(t.stop) and t.state is State.CONNECTING
         assert t.snapshot()["state"] == "connecting"
     assert wh.snapshot()["transport"] == "webhook"
     for bad in (
         {"transport": "carrier-pigeon", "app_id": APP_ID, "client_secret": SECRET},
-        {"transport": "webhook", "app_id": APP_ID, "client_secret": SECRET, "intents": 1},
-        {"app_id": APP_ID, "client_secret": SECRET, "intents": 1, "port": 80},
+        {"transport": "webhook", "app_id": APP_ID, "client_secret": SECRET, "colour": "red"},
+        {"app_id": APP_ID, "client_secret": SECRET, "intents": "NOT_AN_INTENT"},
         {"transport": "webhook", "app_id": APP_ID, "client_secret": SECRET, "port": 70000},
     ):
         with pytest.raises(ConfigError):

@@ -412,18 +412,32 @@ def transport(
     ``"webhook"``) with the same three callbacks.
 
     Every other key is a keyword of :class:`~qqconn.ConnectionManager` or of
-    :class:`WebhookReceiver`; a key the chosen transport does not take is a
+    :class:`WebhookReceiver`. The other transport's keys are ignored, so one configuration can
+    hold both and switch with ``transport`` alone; a key neither takes is a
     :class:`~qqconn.errors.ConfigError` naming it. ``intents`` may be a string
     (``"GUILDS|PUBLIC_GUILD_MESSAGES"``). Both results have ``run()``, ``stop()``, ``state`` and
     ``snapshot()``.
     """
+    from qqconn import ConnectionManager, Intents
+
     options = dict(config)
     kind = options.pop("transport", "websocket")
-    factory: Callable[..., Any]
+    factories: dict[str, Callable[..., Any]] = {
+        "websocket": ConnectionManager,
+        "webhook": WebhookReceiver,
+    }
+    if kind not in factories:
+        raise ConfigError("transport", f"must be 'websocket' or 'webhook', got {kind!r}")
+    callbacks = {"on_dispatch", "on_state_change", "on_fatal"}
+    takes = {
+        name: set(inspect.signature(f).parameters) - callbacks for name, f in factories.items()
+    }
+    for key in options:
+        if not any(key in keys for keys in takes.values()):
+            raise ConfigError(key, "not an option of the websocket or the webhook transport")
+    options = {key: value for key, value in options.items() if key in takes[kind]}
+    factory = factories[kind]
     if kind == "websocket":
-        from qqconn import ConnectionManager, Intents
-
-        factory = ConnectionManager
         if isinstance(options.get("intents"), str):
             try:
                 options["intents"] = Intents.parse(options["intents"])
@@ -431,14 +445,7 @@ def transport(
                 raise ConfigError("intents", str(exc)) from None
         if isinstance(options.get("shard"), list):
             options["shard"] = tuple(options["shard"])
-    elif kind == "webhook":
-        factory = WebhookReceiver
-    else:
-        raise ConfigError("transport", f"must be 'websocket' or 'webhook', got {kind!r}")
-    accepted = set(inspect.signature(factory).parameters)
-    for key in options:
-        if key not in accepted or key in ("on_dispatch", "on_state_change", "on_fatal"):
-            raise ConfigError(key, f"not an option of the {kind} transport")
-    return factory(
+    built: ConnectionManager | WebhookReceiver = factory(
         **options, on_dispatch=on_dispatch, on_state_change=on_state_change, on_fatal=on_fatal
     )
+    return built
