@@ -331,3 +331,27 @@ async def test_stop_before_run_and_twice_is_harmless() -> None:
     await asyncio.wait_for(rx.run(), 5)
     await rx.stop()
     assert rx.state is State.STOPPED and rx.bound_port is None
+
+
+async def test_a_callback_that_awaits_stop_does_not_deadlock() -> None:
+    """on_dispatch awaiting receiver.stop(): the event is acknowledged and run() returns promptly."""
+    holder: list[WebhookReceiver] = []
+    got: list[str] = []
+
+    async def stop_on_first(d: Dispatch) -> None:
+        got.append(d.event_id or "")
+        await asyncio.wait_for(holder[0].stop(), 2)  # must not wait for the server
+
+    rx = WebhookReceiver(
+        app_id=APP_ID, client_secret=SECRET, port=0, path=PATH, on_dispatch=stop_on_first
+    )
+    holder.append(rx)
+    task = asyncio.create_task(rx.run())
+    for _ in range(500):
+        if rx.state is State.ALIVE:
+            break
+        await asyncio.sleep(0.01)
+    async with platform(f"http://127.0.0.1:{rx.bound_port}{PATH}", max_attempts=1) as qq:
+        delivery = await qq.deliver(event_id="last-one")
+    await asyncio.wait_for(task, 10)
+    assert delivery.acked and got == ["last-one"] and rx.state is State.STOPPED

@@ -332,3 +332,56 @@ def test_lifecycle_table() -> None:
     assert all(dest in (State.ALIVE, State.STOPPED, State.FATAL) for dest in LIFECYCLE.values())
     with pytest.raises(ValueError):
         next_state(State.ALIVE, "explode")
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    body=st.binary(min_size=1, max_size=300),
+    ts=st.text("0123456789", min_size=1, max_size=12),
+    flip=st.integers(0, 10_000),
+)
+def test_a_body_changed_in_any_bit_never_verifies(body: bytes, ts: str, flip: int) -> None:
+    """Signed bodies pass the signature check; the same body with any one bit flipped never does."""
+    v = RequestVerifier(app_id=APP_ID, client_secret=SECRET)
+    headers = [h for h in signed_headers(body, ts=ts) if h[0] != b"content-length"]
+    verdict = v.check("POST", "/", headers, body)
+    assert not (isinstance(verdict, Refused) and verdict.status == 401)
+    i = flip % (len(body) * 8)
+    altered = bytearray(body)
+    altered[i // 8] ^= 1 << (i % 8)
+    assert _kind(v.check("POST", "/", headers, bytes(altered))) is RefusalKind.SIGNATURE_INVALID
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.integers(0, 15), st.floats(0, 40)), max_size=80),
+    window_s=st.floats(1, 100),
+    max_ids=st.integers(1, 8),
+)
+def test_the_window_keeps_its_bounds(
+    steps: list[tuple[int, float]], window_s: float, max_ids: int
+) -> None:
+    """Never more than max_ids ids; DELIVERED only inside the window; forgotten early only by count."""
+    w = DedupeWindow(window_s=window_s, max_ids=max_ids)
+    finished: list[tuple[str, float]] = []  # every finish, in order
+    now = 0.0
+    for n, dt in steps:
+        now += dt
+        event_id = f"e{n}"
+        admission = w.admit(event_id, now)
+        last = max((t for i, t in finished if i == event_id), default=None)
+        if admission is Admission.DELIVERED:
+            assert last is not None and last >= now - window_s
+        elif last is not None and last >= now - window_s:
+            later = {i for i, t in finished if t >= last and i != event_id}
+            assert len(later) >= max_ids  # pushed out by the count bound, not by mistake
+        if admission is Admission.NEW:
+            w.finish(event_id, now)
+            finished.append((event_id, now))
+        assert len(w) <= max_ids

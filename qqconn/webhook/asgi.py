@@ -36,6 +36,7 @@ replay it. Callbacks run one at a time, in arrival order, as the WebSocket manag
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import os
@@ -68,7 +69,13 @@ from qqconn.webhook.core import (
 )
 from qqconn.webhook.store import FileDedupeStore
 
-__all__ = ["DispatchCallback", "WebhookApp", "WebhookStats"]
+__all__ = ["DispatchCallback", "WebhookApp", "WebhookStats", "in_callback"]
+
+#: True while ``on_dispatch`` runs (and in tasks it starts): ``WebhookReceiver.stop()`` then
+#: does not wait for the server, which would be waiting for this very callback to return.
+in_callback: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "qqconn_webhook_in_callback", default=False
+)
 
 DispatchCallback = Callable[[Dispatch], Awaitable[None] | None]
 Scope = MutableMapping[str, Any]
@@ -305,6 +312,7 @@ class WebhookApp:
 
     async def _deliver(self, dispatch: Dispatch) -> None:
         async with self._host_lane:
+            token = in_callback.set(True)
             try:
                 if self._on_dispatch is not None:
                     result = self._on_dispatch(dispatch)
@@ -318,6 +326,8 @@ class WebhookApp:
                     event_id=dispatch.event_id,
                     t=dispatch.type,
                 )
+            finally:
+                in_callback.reset(token)
             self.stats.delivered += 1
 
     def snapshot(self) -> dict[str, Any]:

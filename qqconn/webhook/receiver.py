@@ -35,7 +35,7 @@ import uvicorn
 from qqconn._log import QuietLogger
 from qqconn.errors import ConfigError, FatalError, LocalProtocolError
 from qqconn.machine import State
-from qqconn.webhook.asgi import DispatchCallback, WebhookApp
+from qqconn.webhook.asgi import DispatchCallback, WebhookApp, in_callback
 from qqconn.webhook.core import (
     DEFAULT_DEDUPE_MAX_IDS,
     DEFAULT_DEDUPE_WINDOW_S,
@@ -240,8 +240,10 @@ class WebhookReceiver:
         if not self._started or self._run_done.is_set():
             return
         current = asyncio.current_task()
-        if current is not None and current.get_name() == "qqconn-webhook-host":
-            return
+        if in_callback.get() or (
+            current is not None and current.get_name() == "qqconn-webhook-host"
+        ):
+            return  # the server waits for this very callback: waiting for it would deadlock
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.shutdown_timeout_s + 2):
                 await self._run_done.wait()
