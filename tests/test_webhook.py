@@ -355,3 +355,18 @@ async def test_a_callback_that_awaits_stop_does_not_deadlock() -> None:
         delivery = await qq.deliver(event_id="last-one")
     await asyncio.wait_for(task, 10)
     assert delivery.acked and got == ["last-one"] and rx.state is State.STOPPED
+
+
+async def test_unusable_tls_files_and_unknown_hosts_are_permanent_fatals(tmp_path: Path) -> None:
+    """A certificate that is not one, or a host name that does not resolve: FATAL, not retryable."""
+    garbage = tmp_path / "cert.pem"
+    garbage.write_text("not a certificate\n")
+    for kwargs in (
+        {"certfile": garbage, "keyfile": garbage},
+        {"host": "no-such-host.invalid"},
+    ):
+        rx = WebhookReceiver(app_id=APP_ID, client_secret=SECRET, port=0, **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(FatalError) as info:
+            await asyncio.wait_for(rx.run(), 20)
+        assert not info.value.retryable and rx.state is State.FATAL, kwargs
+        assert SECRET not in info.value.reason

@@ -325,6 +325,7 @@ def test_lifecycle_table() -> None:
     assert next_state(State.CONNECTING, "listen_failed") is State.FATAL
     assert next_state(State.ALIVE, "stop") is State.STOPPED
     assert next_state(State.ALIVE, "server_ended") is State.FATAL
+    assert next_state(State.CONNECTING, "server_ended") is State.FATAL
     assert next_state(State.ALIVE, "listening") is None
     for terminal in (State.STOPPED, State.FATAL):
         for trigger in ("listening", "listen_failed", "stop", "server_ended"):

@@ -76,6 +76,7 @@ __all__ = [
     "SigningKey",
     "Validation",
     "Verdict",
+    "is_terminal",
     "next_state",
     "signing_seed",
 ]
@@ -545,6 +546,7 @@ LIFECYCLE: Mapping[tuple[State, str], State] = {
     (State.CONNECTING, "listening"): State.ALIVE,
     (State.CONNECTING, "listen_failed"): State.FATAL,
     (State.CONNECTING, "stop"): State.STOPPED,
+    (State.CONNECTING, "server_ended"): State.FATAL,
     (State.ALIVE, "stop"): State.STOPPED,
     (State.ALIVE, "server_ended"): State.FATAL,
 }
@@ -552,6 +554,15 @@ LIFECYCLE: Mapping[tuple[State, str], State] = {
 #: The triggers the receiver feeds :func:`next_state`.
 TRIGGERS = ("listening", "listen_failed", "stop", "server_ended")
 assert {trigger for _, trigger in LIFECYCLE} == set(TRIGGERS)
+
+
+#: The states nothing leaves.
+TERMINAL = frozenset({State.STOPPED, State.FATAL})
+
+
+def is_terminal(state: State) -> bool:
+    """Is ``state`` one that no trigger leaves (STOPPED, FATAL)?"""
+    return state in TERMINAL
 
 
 def next_state(state: State, trigger: str) -> State | None:

@@ -41,6 +41,7 @@ from qqconn.webhook.core import (
     DEFAULT_DEDUPE_WINDOW_S,
     DEFAULT_MAX_BODY_BYTES,
     DedupeStore,
+    is_terminal,
     next_state,
 )
 
@@ -214,7 +215,7 @@ class WebhookReceiver:
         if self.state_file is not None and self.state_refresh_s > 0:
             refresher = asyncio.get_running_loop().create_task(self._refresh_state_file())
         try:
-            if self._state is State.STOPPED:  # stop() came before run()
+            if is_terminal(self._state):  # stop() came before run()
                 return
             await self._serve()
         finally:
@@ -253,7 +254,10 @@ class WebhookReceiver:
             self._socket = self._bind()
             self._bound_port = int(self._socket.getsockname()[1])
         except OSError as exc:
-            retryable = exc.errno not in _PERMANENT_BIND_ERRORS
+            # A host name that does not resolve will not start resolving by itself either.
+            retryable = (
+                not isinstance(exc, socket.gaierror) and exc.errno not in _PERMANENT_BIND_ERRORS
+            )
             self._fail(
                 f"cannot listen on {self.listen}: {exc.strerror or exc}", retryable, "listen_failed"
             )
@@ -276,15 +280,15 @@ class WebhookReceiver:
             )
             return
         self._server = _Server(config, self._listening)
-        if self._state is State.STOPPED:  # stop() came while binding
+        if is_terminal(self._state):  # stop() came while binding
             return
         try:
             await self._server.serve(sockets=[self._socket])
-        except SystemExit:  # uvicorn's startup gave up
-            self._fail("the HTTP server could not start", True, "listen_failed")
+        except (Exception, SystemExit) as exc:  # uvicorn gave up (SystemExit: its startup)
+            self._fail(f"the HTTP server failed: {type(exc).__name__}", True, "server_ended")
             return
-        if self._state is State.ALIVE:  # the server ended, and nobody asked it to
-            self._fail("the HTTP server ended by itself", True, "server_ended")
+        # It returns after stop() (the table ignores this then), or it ended by itself: FATAL.
+        self._fail("the HTTP server ended by itself", True, "server_ended")
 
     def _bind(self) -> socket.socket:
         infos = socket.getaddrinfo(
@@ -320,6 +324,9 @@ class WebhookReceiver:
         )
 
     def _fail(self, reason: str, retryable: bool, trigger: str) -> None:
+        """Feed a failure; when the table makes it FATAL, say so once (log, on_fatal, raise)."""
+        if next_state(self._state, trigger) is not State.FATAL:
+            return  # e.g. the server ending after stop(): nothing failed
         self._log.error("qqconn.webhook.fatal", reason=reason, retryable=retryable)
         self._fatal = FatalError(reason, close_code=None, retryable=retryable)
         self._feed(trigger, reason)
