@@ -386,3 +386,30 @@ def test_the_window_keeps_its_bounds(
             w.finish(event_id, now)
             finished.append((event_id, now))
         assert len(w) <= max_ids
+
+
+def test_the_core_imports_no_io() -> None:
+    """webhook.core is sans-I/O: no asyncio, no clock, no sockets, no server among its imports."""
+    import ast
+
+    import qqconn.webhook.core as core
+
+    tree = ast.parse(Path(core.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported.isdisjoint({"asyncio", "time", "socket", "uvicorn", "httpx", "os", "random"})
+
+
+def test_the_readme_refusal_table_is_the_code() -> None:
+    """The README's refusal matrix lists every kind with the status the code answers."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| refusal kind | status | request |", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = int(cells[1])
+    assert rows == {kind.value: kind.status for kind in RefusalKind}
