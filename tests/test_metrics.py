@@ -338,3 +338,19 @@ async def test_metrics_hold_no_secret_and_no_session_id() -> None:
         assert session
         for secret in ("s3cret", run.gw.valid_token(), session):
             assert secret not in text
+
+
+def test_the_readme_lists_every_metric_with_its_type_and_labels() -> None:
+    """The README's operator section names each family exposed, with its type and labels."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## For operators: metrics, health and the status page", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`qqconn_"):
+            labels = {c.strip("` ") for c in cells[2].split(",")} - {"—"}
+            rows[cells[0].strip("`").removesuffix("_total")] = (cells[1], labels)
+    assert rows == EXPECTED

@@ -139,18 +139,22 @@ _PAGE = """<!DOCTYPE html>
   section h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .06em;
                color: var(--muted); margin: 0 0 10px; }
   #chart svg { width: 100%; height: auto; max-height: 62vh; display: block; }
+  #chart .qq-current { filter: drop-shadow(0 0 calc(5px * var(--k, 1)) var(--glow)); }
   #chart .qq-current > path, #chart .qq-current > polygon, #chart .qq-current > ellipse,
-  #chart .qq-current > rect { stroke-width: 3px !important; }
-  #chart .qq-ok > path, #chart .qq-ok > polygon, #chart .qq-ok > ellipse, #chart .qq-ok > rect
-    { fill: var(--ok-bg) !important; stroke: var(--ok) !important; }
-  #chart .qq-warn > path, #chart .qq-warn > polygon, #chart .qq-warn > ellipse,
-  #chart .qq-warn > rect { fill: var(--warn-bg) !important; stroke: var(--warn) !important; }
-  #chart .qq-bad > path, #chart .qq-bad > polygon, #chart .qq-bad > ellipse,
-  #chart .qq-bad > rect { fill: var(--bad-bg) !important; stroke: var(--bad) !important; }
-  #chart .qq-off > path, #chart .qq-off > polygon, #chart .qq-off > ellipse,
-  #chart .qq-off > rect { fill: var(--off-bg) !important; stroke: var(--off) !important; }
+  #chart .qq-current > rect { stroke-width: calc(3px * var(--k, 1)) !important;
+    fill: var(--fill) !important; stroke: var(--glow) !important; }
+  #chart .qq-ok { --fill: var(--ok-bg); --glow: var(--ok); }
+  #chart .qq-warn { --fill: var(--warn-bg); --glow: var(--warn); }
+  #chart .qq-bad { --fill: var(--bad-bg); --glow: var(--bad); }
+  #chart .qq-off { --fill: var(--off-bg); --glow: var(--off); }
   #chart .qq-current > text { font-weight: 700; }
-  #chart text.qq-tag { font: 700 15px system-ui, sans-serif; fill: var(--ink); }
+  #chart .qq-tag text { font-family: system-ui, sans-serif; font-weight: 700; fill: #fff; }
+  #chart .qq-tag rect { stroke: none; }
+  .legend { display: flex; gap: 16px; flex-wrap: wrap; color: var(--muted); font-size: 12px;
+            margin-top: 8px; }
+  .legend span::before { content: ""; display: inline-block; width: 10px; height: 10px;
+            border-radius: 3px; margin-right: 6px; vertical-align: -1px;
+            background: var(--swatch); }
   #chart-note { color: var(--muted); font-size: 12px; margin-top: 6px; }
   .cards { display: grid; gap: 12px; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); }
   .conn { border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; }
@@ -183,8 +187,14 @@ _PAGE = """<!DOCTYPE html>
   <section>
     <h2>Connection machine</h2>
     <div id="chart">@@SVG@@</div>
-    <div id="chart-note">Statechart: @@CHART_SOURCE@@. The highlighted box is the state each
-      shard is in now.</div>
+    <div class="legend">
+      <span style="--swatch: var(--ok)">alive</span>
+      <span style="--swatch: var(--warn)">on its way (connecting, identified, backoff, quick dropped)</span>
+      <span style="--swatch: var(--bad)">fatal: gave up</span>
+      <span style="--swatch: var(--off)">stopped</span>
+    </div>
+    <div id="chart-note" class="legend">The highlighted box is the state each shard is in now.
+      Statechart: @@CHART_SOURCE@@.</div>
   </section>
   <section>
     <h2>Connections</h2>
@@ -220,6 +230,11 @@ function el(tag, text, cls) {
 }
 function fmt(v, unit) {
   if (v === null || v === undefined) return "—";
+  if (typeof v === "number" && unit === "dur") {
+    if (v < 60) return v.toFixed(1) + " s";
+    if (v < 3600) return Math.floor(v / 60) + " min " + String(Math.floor(v % 60)).padStart(2, "0") + " s";
+    return Math.floor(v / 3600) + " h " + String(Math.floor((v % 3600) / 60)).padStart(2, "0") + " min";
+  }
   if (typeof v === "number" && unit === "s") return v < 1 ? (v * 1000).toFixed(1) + " ms" : v.toFixed(2) + " s";
   return String(v);
 }
@@ -227,8 +242,18 @@ function clock(unix) {
   const d = new Date(unix * 1000);
   return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
 }
+const SVG_NS = "http://www.w3.org/2000/svg";
+function scale() {
+  // user units per screen pixel: keeps strokes and tags readable however wide the chart is
+  const width = chart.getBoundingClientRect().width;
+  const box = chart.viewBox && chart.viewBox.baseVal;
+  const k = box && box.width && width ? box.width / width : 1;
+  chart.style.setProperty("--k", k);
+  return k;
+}
 function highlight(conns) {
-  for (const tag of chart ? chart.querySelectorAll("text.qq-tag") : []) tag.remove();
+  if (!chart) return;
+  for (const tag of chart.querySelectorAll("g.qq-tag")) tag.remove();
   for (const g of nodes.values()) g.classList.remove("qq-current", "qq-ok", "qq-warn", "qq-bad", "qq-off");
   const byState = new Map();
   for (const c of conns) {
@@ -236,19 +261,32 @@ function highlight(conns) {
     if (!byState.has(name)) byState.set(name, []);
     byState.get(name).push(c.shard);
   }
+  const k = scale();
   const missing = [];
   for (const [name, shards] of byState) {
     const g = nodes.get(name);
     if (!g) { missing.push(name); continue; }
-    g.classList.add("qq-current", "qq-" + tone(name.toLowerCase()));
+    const cls = "qq-" + tone(name.toLowerCase());
+    g.classList.add("qq-current", cls);
     const box = g.getBBox();
-    const tag = document.createElementNS("http://www.w3.org/2000/svg", "text");
-    tag.setAttribute("class", "qq-tag");
-    tag.setAttribute("x", box.x + box.width / 2);
-    tag.setAttribute("y", box.y - 7);
-    tag.setAttribute("text-anchor", "middle");
-    tag.textContent = "▼ shard " + shards.join(", ");
+    const tag = document.createElementNS(SVG_NS, "g");
+    tag.setAttribute("class", "qq-tag " + cls);
+    const text = document.createElementNS(SVG_NS, "text");
+    text.setAttribute("font-size", 13 * k);
+    text.setAttribute("text-anchor", "middle");
+    text.setAttribute("x", box.x + box.width / 2);
+    text.setAttribute("y", box.y - 9 * k);
+    text.textContent = (shards.length > 1 ? "shards " : "shard ") + shards.join(", ");
+    const pill = document.createElementNS(SVG_NS, "rect");
+    tag.append(pill, text);
     g.parentNode.appendChild(tag);
+    const t = text.getBBox();
+    pill.setAttribute("x", t.x - 7 * k);
+    pill.setAttribute("y", t.y - 2 * k);
+    pill.setAttribute("width", t.width + 14 * k);
+    pill.setAttribute("height", t.height + 4 * k);
+    pill.setAttribute("rx", 6 * k);
+    pill.style.fill = "var(--glow)";
   }
   document.getElementById("chart-note").dataset.missing = missing.join(",");
 }
@@ -262,7 +300,7 @@ function card(c) {
   const k = c.counters || {};
   const endings = Object.entries(c.endings || {}).map(([kind, n]) => kind + " " + n).join(", ");
   const rows = [
-    ["in this state", fmt(c.in_state_s, "s")],
+    ["in this state for", fmt(c.in_state_s, "dur")],
     ["session", c.session || "—"],
     ["attempt", fmt(k.attempt)],
     ["failed attempts in a row", fmt(k.reconnect_attempts)],

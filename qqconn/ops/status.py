@@ -151,6 +151,9 @@ class Watch:
 
     def on_state_change(self, change: Any) -> None:
         self.hooked = True
+        if str(change.state.value) == self.state and str(change.state.value) != self._seen_state:
+            self._seen_state = str(change.state.value)
+            self._since = self._clock()
         snap = change.snapshot if isinstance(change.snapshot, dict) else {}
         kind, reason = ending_of(change, self.manager)
         self.transitions.append(
