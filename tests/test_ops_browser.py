@@ -181,6 +181,7 @@ READ_PAGE = """(() => {
     verdictText: document.getElementById("verdict-text").textContent,
     transitions: [...document.querySelectorAll("#transitions tr")].map((tr) => tr.textContent),
     pageText: document.body.innerText,
+    injected: document.getElementById("qqconn-injected") !== null,
   });
 })()"""
 
@@ -276,9 +277,20 @@ async def test_the_page_highlights_the_live_state_through_a_drop_and_recovery() 
                 )
                 assert any("RESUMED" in row for row in back["transitions"])
                 assert gw.resumes == 1
+                assert "s3cret" not in back["pageText"]
+
+                # A close reason is chosen by the peer: the page shows it as text, never markup.
+                markup = '<img src="x" id="qqconn-injected">'
+                await gw.close(4009, markup)
+                shown = await page.until(
+                    lambda p: (
+                        any(markup in row for row in p["transitions"]) and p["verdict"] == "ready"
+                    ),
+                    timeout=15,
+                )
+                assert shown["injected"] is False
                 shot = await page.screenshot("recovered")
                 assert shot.stat().st_size > 10_000
-                assert "s3cret" not in back["pageText"]
             finally:
                 await manager.stop()
                 async with asyncio.timeout(5):

@@ -306,3 +306,53 @@ async def test_serve_ops_starts_and_stops_within_bounds() -> None:
         with socket.socket() as probe, pytest.raises(OSError):
             probe.settimeout(1.0)
             probe.connect(("127.0.0.1", port))
+
+
+async def test_two_shards_are_reported_apart_and_readyz_names_only_the_one_down() -> None:
+    """With shards 0/2 and 1/2, a drop of 1/2 makes /readyz name 1/2 alone; metrics keep both."""
+    async with (
+        FakeGateway(heartbeat_interval_ms=200) as gw0,
+        FakeGateway(heartbeat_interval_ms=200) as gw1,
+    ):
+        server = OpsServer(metrics=Metrics())
+        managers = [
+            ConnectionManager(
+                app_id=gw.app_id,
+                client_secret="s3cret",
+                intents=1,
+                shard=(n, 2),
+                api_base=gw.api_base,
+                token_url=gw.token_url,
+                policy=POLICY,
+                on_state_change=server.on_state_change,
+            )
+            for n, gw in enumerate((gw0, gw1))
+        ]
+        for manager in managers:
+            server.watch(manager)
+        async with server, httpx.AsyncClient(timeout=5.0) as http:
+            tasks = [asyncio.create_task(m.run()) for m in managers]
+            try:
+                ops = Ops(gw1, managers[1], server, http, tasks[1])
+                await ops.until_status("/readyz", 200)
+                await gw1.drop()
+                down = (await ops.until_status("/readyz", 503, timeout=2.0)).json()
+                assert [(x["shard"], x["state"] != "alive") for x in down["not_ready"]] == [
+                    ("1/2", True)
+                ]
+                doc = (await ops.get("/status.json")).json()
+                assert [c["shard"] for c in doc["connections"]] == ["0/2", "1/2"]
+                assert doc["connections"][0]["state"] == "alive"
+                await ops.until_status("/readyz", 200)
+                text = (await ops.get("/metrics")).text
+                for shard, drops in (("0/2", "0.0"), ("1/2", "1.0")):
+                    line = (
+                        f'qqconn_connection_endings_total{{app_id="1000",kind="drop",'
+                        f'shard="{shard}"}} {drops}'
+                    )
+                    assert line in text
+            finally:
+                for manager in managers:
+                    await manager.stop()
+                async with asyncio.timeout(5):
+                    await asyncio.gather(*tasks)
