@@ -356,3 +356,39 @@ async def test_two_shards_are_reported_apart_and_readyz_names_only_the_one_down(
                     await manager.stop()
                 async with asyncio.timeout(5):
                     await asyncio.gather(*tasks)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9100", ("127.0.0.1", 9100)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("[::1]:9100", ("::1", 9100)),
+        (":9100", ("0.0.0.0", 9100)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
+def test_parse_address_reads_host_and_port(text: str, expected: tuple[str, int]) -> None:
+    """HOST:PORT, [IPv6]:PORT and :PORT are read as documented."""
+    from qqconn.ops import parse_address
+
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9100", "host:", "host:port", "::1:9100", "h:70000", ""])
+def test_parse_address_refuses_what_it_cannot_read_naming_the_option(text: str) -> None:
+    """A malformed address is a ConfigError naming the option, with the forms it accepts."""
+    from qqconn.ops import parse_address
+
+    with pytest.raises(ConfigError, match=r"^--http: "):
+        parse_address(text)
+
+
+async def test_an_unreadable_state_change_is_logged_and_never_raised() -> None:
+    """ops.on_state_change given something that is not a StateChange logs and returns."""
+    from structlog.testing import capture_logs
+
+    server = OpsServer()
+    with capture_logs() as logs:
+        server.on_state_change(object())
+    assert [e["event"] for e in logs] == ["qqconn.ops.change_unreadable"]

@@ -20,7 +20,15 @@ The library never starts this on its own: the host (or ``qqconn run --http``) do
 
 from __future__ import annotations
 
-from qqconn.ops.server import LoopProbe, OpsServer, serve_ops
+from qqconn.ops.server import LoopProbe, OpsServer, parse_address, serve_ops
 from qqconn.ops.status import Board, Transition, Watch
 
-__all__ = ["Board", "LoopProbe", "OpsServer", "Transition", "Watch", "serve_ops"]
+__all__ = [
+    "Board",
+    "LoopProbe",
+    "OpsServer",
+    "Transition",
+    "Watch",
+    "parse_address",
+    "serve_ops",
+]

@@ -24,7 +24,7 @@ from qqconn.ops.app import OpsApp
 from qqconn.ops.page import statechart_svg
 from qqconn.ops.status import DEFAULT_RING_SIZE, Board
 
-__all__ = ["LoopProbe", "OpsServer", "serve_ops"]
+__all__ = ["LoopProbe", "OpsServer", "parse_address", "serve_ops"]
 
 #: How long ``start()`` waits for uvicorn to listen, and ``stop()`` for it to finish.
 START_TIMEOUT_S = 10.0
@@ -98,7 +98,10 @@ class _Uvicorn:
     """uvicorn's Server, made a well-behaved guest: no signal handlers of its own."""
 
     def __init__(self, app: OpsApp) -> None:
-        import uvicorn
+        try:
+            import uvicorn
+        except ImportError as exc:
+            raise ImportError("the ops server needs uvicorn: pip install 'qqconn[ops]'") from exc
 
         class Server(uvicorn.Server):
             @contextlib.contextmanager
@@ -262,6 +265,25 @@ class OpsServer:
             await asyncio.sleep(1.0)
             with contextlib.suppress(Exception):
                 self.board.poll()
+
+
+def parse_address(text: str, *, option: str = "--http") -> tuple[str, int]:
+    """``"HOST:PORT"`` → ``(host, port)``; ``"[::1]:9100"`` for IPv6, ``":9100"`` for every
+    IPv4 interface. Anything else is a :class:`~qqconn.ConfigError` naming ``option``."""
+    usage = f"expected HOST:PORT (127.0.0.1:9100, [::1]:9100 or :9100), got {text!r}"
+    if not isinstance(text, str):
+        raise ConfigError(option, usage)
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(option, usage)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # a bare IPv6 address: its port cannot be told apart
+        raise ConfigError(option, usage)
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(option, f"port must be 0–65535, got {port}")
+    return host or "0.0.0.0", port
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import structlog
+
+from qqconn._log import QuietLogger
 from qqconn.metrics import (
     ENDING_KINDS,
     ConnectionObserver,
@@ -36,6 +39,8 @@ _TRIGGER_REASONS = {
     "backoff_elapsed": "waited; next attempt",
     "assess": "quick drop counted; back off",
     "stop": "stop requested by the host",
+    # Only when the machine had moved on to a later attempt before the callback ran.
+    "connection_ended": "connection ended (its reason was superseded before it was reported)",
 }
 
 #: Snapshot keys shown as counters (nothing that could be a secret; the session id is cut).
@@ -237,6 +242,7 @@ class Board:
         self.ring_size = ring_size
         self._clock = clock
         self._watches: dict[tuple[str, str], Watch] = {}
+        self._log = QuietLogger(structlog.get_logger("qqconn.ops"))
 
     def _watch_for(self, app_id: str, shard: str) -> Watch:
         key = (app_id, shard)
@@ -255,12 +261,19 @@ class Board:
         return watch
 
     def on_state_change(self, change: Any) -> None:
-        """The ``on_state_change`` callback to give each manager (routes by app id and shard)."""
-        snap = change.snapshot if isinstance(change.snapshot, dict) else {}
-        shard = snap.get("shard")
-        if not isinstance(shard, list | tuple) or len(shard) != 2:
-            return
-        self._watch_for(str(snap.get("app_id")), shard_label(shard)).on_state_change(change)
+        """The ``on_state_change`` callback to give each manager (routes by app id and shard).
+
+        It never raises: a change it cannot read is logged (``qqconn.ops.change_unreadable``)."""
+        try:
+            snap = change.snapshot if isinstance(change.snapshot, dict) else {}
+            shard = snap.get("shard")
+            if not isinstance(shard, list | tuple) or len(shard) != 2:
+                raise ValueError("the snapshot names no shard")
+            self._watch_for(str(snap.get("app_id")), shard_label(shard)).on_state_change(change)
+        except Exception as exc:
+            self._log.warning(
+                "qqconn.ops.change_unreadable", error=f"{type(exc).__name__}: {exc}"[:200]
+            )
 
     @property
     def watches(self) -> list[Watch]:
