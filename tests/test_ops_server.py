@@ -23,12 +23,13 @@ from qqconn.testing import FakeGateway
 
 SECRET = "s3cret-never-shown"
 
-#: Backoff long enough (0.6 s) that the probes see the connection away from ALIVE.
+#: Backoff long enough (1 s) that the probes see the connection away from ALIVE, even on a
+#: busy machine.
 POLICY = Policy(
     quick_disconnect_threshold_s=0.5,
     max_quick_disconnects=3,
     max_reconnect_attempts=5,
-    backoff_s=(0.6,),
+    backoff_s=(1.0,),
     backoff_jitter=0.0,
     connect_timeout_s=3.0,
     close_timeout_s=0.5,
