@@ -14,6 +14,7 @@ import structlog
 
 from qqconn import cli
 from qqconn import demo as demo_mod
+from qqconn.cli.demo import SCENARIO_NAMES
 from qqconn.demo import (
     Check,
     DemoReport,
@@ -143,7 +144,7 @@ def test_demo_options_are_validated(argv: list[str], capsys: pytest.CaptureFixtu
 
 def test_the_command_line_offers_exactly_the_tour_scenarios() -> None:
     """`qqconn demo --scenario` choices are the demo's scenarios, in tour order."""
-    assert cli._scenario_names() == list(demo_mod.SCENARIOS)
+    assert list(SCENARIO_NAMES) == list(demo_mod.SCENARIOS)
 
 
 def test_slow_stretches_every_duration_of_the_policy() -> None:

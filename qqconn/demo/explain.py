@@ -1,0 +1,126 @@
+"""Why the machine took an edge, in words, read from the machine at the moment it took it.
+
+The tour prints a ``why`` line under each transition. Everything in it comes from the machine
+(its counters, its policy, the :class:`~qqconn.policy.Ending` it recorded): this module words
+it, it does not decide anything. Two questions it must not answer by itself are asked through
+one small function each, so there is exactly one place to point at the machine's own answer:
+
+* :func:`ending_kind` — what kind of ending this was (a zombie, a close code, …);
+* :func:`describe_wait` — which rung of the delay ladder the machine waited on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from qqconn.policy import Delay
+
+if TYPE_CHECKING:
+    from qqconn.machine import ConnectionMachine
+    from qqconn.policy import Ending
+
+__all__ = ["ZOMBIE", "describe_wait", "ending_kind", "explain"]
+
+#: :func:`ending_kind` of a connection closed because heartbeats went unacknowledged.
+ZOMBIE = "zombie"
+
+
+def ending_kind(ending: Ending | None) -> str | None:
+    """The kind of ``ending``, as the machine names it (None for no ending)."""
+    if ending is None:
+        return None
+    # Until the machine names its endings, the zombie rule's reason says what it is.
+    return ZOMBIE if ending.reason.startswith("zombie:") else None
+
+
+def describe_wait(m: ConnectionMachine) -> str:
+    """The rung of the delay ladder the machine waited on before this attempt, in words."""
+    p = m.policy
+    kind = m.last_ending.delay if m.last_ending is not None else Delay.BACKOFF
+    if kind is Delay.NOW:
+        return "op 7: reconnect at once"
+    if kind is Delay.ROTATION:
+        return f"4009 rotation: jitter in {p.rotation_delay_s[0]:g}–{p.rotation_delay_s[1]:g} s"
+    if kind is Delay.RATE_LIMIT:
+        return "4008: rate_limit_wait_s"
+    if kind is Delay.INVALID_SESSION:
+        return "op 9: invalid_session_delay_s"
+    i = min(max(m.failed_attempts - 1, 0), len(p.backoff_s) - 1)
+    return f"backoff_s[{i}] = {p.backoff_s[i]:g} s ± {p.backoff_jitter:.0%}"
+
+
+def explain(
+    m: ConnectionMachine,
+    source: str,
+    dest: str,
+    trigger: str,
+    *,
+    dot: str,
+    replayed: Callable[[], int],
+    waited_s: float | None,
+) -> str:
+    """The ``why`` line for ``source --trigger--> dest``, which ``m`` has just taken.
+
+    ``replayed()`` counts the events the gateway replayed before RESUMED; ``waited_s`` is how
+    long the tour saw the machine in BACKOFF; ``dot`` separates clauses.
+    """
+    p = m.policy
+    ending = m.last_ending
+    lived = None if m.opened_at is None else m.now - m.opened_at
+    threshold = p.quick_disconnect_threshold_s
+    if trigger == "hello":
+        beat = f"Hello: heartbeat every {m.heartbeat_interval_s:g} s"
+        if m.sent_resume:
+            return f"{beat}; session kept, so Resume from s={m.last_seq}"
+        return f"{beat}; no session, so Identify"
+    if trigger == "ready":
+        return f"READY: new session {str(m.session_id)[:8]}…; failed attempts reset to 0"
+    if trigger == "resumed":
+        n = replayed()
+        missed = (
+            "nothing was missed"
+            if n == 0
+            else f"the {n} event{'s' if n != 1 else ''} sent while we were away replayed first"
+        )
+        return f"RESUMED at s={m.last_seq}: {missed}; failed attempts reset to 0"
+    if trigger == "connection_ended" and ending is not None:
+        reason = ending.reason
+        if dest == "FATAL":
+            return f"{reason}: a close code that no retry can fix (ending_is_fatal)"
+        if dest == "QUICK_DROPPED":
+            return (
+                f"{reason} {dot} lived {lived:.2f} s < {threshold:g} s: "
+                f"quick drop {m.quick_drops} of {p.max_quick_disconnects} (is_quick_drop)"
+            )
+        if not ending.counts_as_quick:
+            return f"{reason} {dot} our own close: neither a quick drop nor a failure"
+        if lived is None:
+            return (
+                f"{reason} {dot} no socket opened: "
+                f"failed attempt {m.failed_attempts} of {p.max_reconnect_attempts}"
+            )
+        return (
+            f"{reason} {dot} lived {lived:.2f} s ≥ {threshold:g} s: "
+            "not a quick drop, quick drops reset to 0"
+        )
+    if trigger == "assess" and source == "QUICK_DROPPED":
+        if dest == "FATAL":
+            return (
+                f"{m.quick_drops} quick drops in a row ≥ {p.max_quick_disconnects}: give up, "
+                "retryable (quick_drops_exhausted)"
+            )
+        return (
+            f"{m.quick_drops} < {p.max_quick_disconnects} quick drops in a row: back off and retry"
+        )
+    if trigger == "assess" and dest == "FATAL":
+        return (
+            f"{m.failed_attempts} failed attempts ≥ {p.max_reconnect_attempts}: give up, "
+            "retryable (attempts_exhausted)"
+        )
+    if trigger == "backoff_elapsed":
+        waited = "?" if waited_s is None else f"{waited_s:.2f}"
+        return f"waited {waited} s ({describe_wait(m)})"
+    if trigger == "stop":
+        return "the host asked the manager to stop"
+    return trigger
