@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from qqconn.cli.status import fresh_bound_s, judge_health
+from qqconn.cli.status import fresh_bound_s, judge
 from tests.test_cli import _env, usage
 
 
@@ -163,9 +163,9 @@ def test_an_alive_snapshot_without_a_heartbeat_interval_is_not_healthy() -> None
     """Without heartbeat_interval_s (and no --max-age) freshness cannot be judged: unhealthy."""
     text = _snapshot("alive", heartbeat_s=None)
     now = datetime.now(UTC).timestamp()
-    health = judge_health(text, now_unix=now, max_age_s=None, path="s.json")
+    health = judge(text, now_unix=now, max_age_s=None, path="s.json")
     assert not health.healthy and health.problem is not None and "--max-age" in health.problem
-    assert judge_health(text, now_unix=now, max_age_s=60.0).healthy
+    assert judge(text, now_unix=now, max_age_s=60.0).healthy
 
 
 def test_a_day_old_alive_file_fails_the_real_probe(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from qqconn.checkpoint import Health
 from qqconn.cli import delegate, demo, diagram, run, status
 from qqconn.cli.delegate import DELEGATED
 from qqconn.cli.logs import configure_logging
@@ -51,7 +52,7 @@ from qqconn.cli.options import (
 from qqconn.cli.output import output_checkpoint
 from qqconn.cli.run import RunOptions, run_options
 from qqconn.cli.secrets import ENV_SECRET, refuse_secret_flags
-from qqconn.cli.status import Health, read_health
+from qqconn.cli.status import read_health
 
 __all__ = [
     "DEFAULT_STATE_REFRESH_S",

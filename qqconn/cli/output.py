@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from qqconn.checkpoint import judge_output
+
 if TYPE_CHECKING:
     from qqconn.protocol import Dispatch
 
@@ -59,39 +61,26 @@ class EventSink:
 def output_checkpoint(
     path: Path, resume_window_s: float, log: Any
 ) -> tuple[str, int | None] | None:
-    """The resume checkpoint an ``--output`` file holds: the session of its last READY line and
-    the ``s`` of its last complete line. A torn last line (the process died mid-write) is cut
-    off first: it was never completely written, so its event will be replayed.
+    """The resume checkpoint an ``--output`` file holds, as ``(session_id, last_seq)``.
 
-    None when the file is missing, empty, older than ``resume_window_s``, or holds no READY.
+    The verdict is :func:`qqconn.checkpoint.judge_output`'s (the session of the last READY
+    line, the ``s`` of the last complete line). A torn last line (the process died mid-write)
+    is cut off the file here: it was never completely written, so its event will be replayed.
+
+    None when the file is missing, or not resumable (empty, older than ``resume_window_s``,
+    no READY line, an unreadable line); the reason is logged.
     """
     try:
         data = path.read_bytes()
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return None
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
+    verdict = judge_output(data, age_s=age, resume_window_s=resume_window_s)
+    if verdict.torn_bytes:
         with path.open("r+b") as fh:
-            fh.truncate(len(complete))
-        log.warning("qqconn.cli.output_torn_line_removed", bytes=len(data) - len(complete))
-    if age > resume_window_s:
-        log.info("qqconn.cli.output_too_old_to_resume", age_s=round(age, 1))
+            fh.truncate(len(data) - verdict.torn_bytes)
+        log.warning("qqconn.cli.output_torn_line_removed", bytes=verdict.torn_bytes)
+    if verdict.resumable is None:
+        log.info("qqconn.cli.output_not_resumable", reason=verdict.why_not, path=str(path))
         return None
-    last_seq: int | None = None
-    for raw in reversed(complete.splitlines()):
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            log.warning(
-                "qqconn.cli.output_unreadable_line", line=raw[:80].decode("utf-8", "replace")
-            )
-            return None
-        if last_seq is None:
-            if not isinstance(doc, dict) or type(doc.get("s")) is not int:
-                return None
-            last_seq = doc["s"]
-        if isinstance(doc, dict) and doc.get("t") == "READY":
-            sid = doc.get("d", {}).get("session_id") if isinstance(doc.get("d"), dict) else None
-            return (sid, last_seq) if isinstance(sid, str) and sid else None
-    return None
+    return verdict.resumable.session_id, verdict.resumable.last_seq

@@ -1,7 +1,8 @@
 """``qqconn status``: read the state file ``qqconn run`` keeps; exit 0 only when it is alive and fresh.
 
-The verdict (alive or not, how old is too old) is :func:`judge_health`'s; this module reads the
-file, maps the verdict to an exit status and prints it. It imports neither the driver,
+The verdict (alive or not, how old is too old) is :func:`qqconn.checkpoint.judge_health`'s; this
+module reads the file, supplies the freshness bound when ``--max-age`` is not given, maps the
+verdict to an exit status and prints it. It imports neither the driver,
 websockets nor httpx, so a health probe stays cheap.
 
 Exit statuses: 0 healthy; 1 not alive, or stale; 2 the file is missing, unreadable or not a
@@ -21,16 +22,16 @@ about one heartbeat interval old; one that has missed two heartbeats would have 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from qqconn.checkpoint import Health, age_within, judge_health
 from qqconn.cli.options import (
     DEFAULT_STATE_REFRESH_S,
     EXIT_NOT_ALIVE,
@@ -39,14 +40,7 @@ from qqconn.cli.options import (
     positive_float,
 )
 
-__all__ = [
-    "Health",
-    "add_parser",
-    "exit_status",
-    "fresh_bound_s",
-    "judge_health",
-    "read_health",
-]
+__all__ = ["add_parser", "cmd_status", "exit_status", "fresh_bound_s", "judge", "read_health"]
 
 
 def add_parser(sub: Any) -> None:
@@ -77,19 +71,7 @@ def add_parser(sub: Any) -> None:
 # -- the verdict ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Health:
-    """What a state file says about the connection."""
-
-    healthy: bool
-    #: One line an operator can act on (None when healthy).
-    problem: str | None
-    #: The snapshot, when the file was one (None when missing or unreadable).
-    snapshot: dict[str, Any] | None
-    age_s: float | None
-
-
-def fresh_bound_s(snapshot: dict[str, Any]) -> float | None:
+def fresh_bound_s(snapshot: Mapping[str, Any]) -> float | None:
     """How old an ``alive`` snapshot may be without ``--max-age`` (see the module docstring)."""
     interval = snapshot.get("heartbeat_interval_s")
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
@@ -97,47 +79,28 @@ def fresh_bound_s(snapshot: dict[str, Any]) -> float | None:
     return 2 * float(interval) + DEFAULT_STATE_REFRESH_S
 
 
-def judge_health(
-    text: str | None, *, now_unix: float, max_age_s: float | None, path: str = ""
-) -> Health:
-    """Judge a state file's text (None: the file is missing)."""
-    if text is None:
-        return Health(False, f"{path}: no such state file (is qqconn run running?)", None, None)
-    try:
-        snap = json.loads(text)
-    except ValueError as exc:
-        return Health(False, f"{path}: not a qqconn state file (bad JSON: {exc})", None, None)
-    if not isinstance(snap, dict) or not isinstance(snap.get("state"), str):
-        return Health(False, f"{path}: not a qqconn state file (no 'state')", None, None)
-    age_s: float | None = None
-    updated = snap.get("updated_at")
-    if isinstance(updated, str):
-        with contextlib.suppress(ValueError):
-            stamp = datetime.fromisoformat(updated)
-            if stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=UTC)
-            age_s = now_unix - stamp.timestamp()
-    state = snap["state"]
-    if state != "alive":
-        fatal = snap.get("fatal")
-        why = f": {fatal.get('reason')}" if isinstance(fatal, dict) and fatal.get("reason") else ""
-        return Health(False, f"state is {state}{why}", snap, age_s)
-    if max_age_s is not None:
-        bound, source = max_age_s, f"--max-age {max_age_s:g} s"
-    else:
-        derived = fresh_bound_s(snap)
-        if derived is None:
-            return Health(
-                False, "no heartbeat_interval_s to judge freshness by (pass --max-age)", snap, age_s
-            )
-        bound, source = derived, f"2 x heartbeat interval + state refresh = {derived:g} s"
-    if age_s is None:
-        return Health(
-            False, f"no usable updated_at to check the age against ({source})", snap, None
+def judge(text: str | None, *, now_unix: float, max_age_s: float | None, path: str = "") -> Health:
+    """:func:`qqconn.checkpoint.judge_health`, with :func:`fresh_bound_s` standing in for a
+    ``--max-age`` that was not given (its age rule, :func:`~qqconn.checkpoint.age_within`)."""
+    health = judge_health(text, now_unix=now_unix, max_age_s=max_age_s, path=path)
+    if max_age_s is not None or not health.healthy or health.snapshot is None:
+        return health
+    bound = fresh_bound_s(health.snapshot)
+    age = health.age_s
+    if bound is None:
+        problem = "no heartbeat_interval_s to judge freshness by (pass --max-age)"
+    elif age is None:
+        problem = "no usable updated_at to judge freshness by"
+    elif age < 0:
+        problem = f"updated_at lies {-age:.1f} s in the future"
+    elif not age_within(age, bound):
+        problem = (
+            f"stale: last written {age:.1f} s ago "
+            f"(> 2 x heartbeat interval + state refresh = {bound:g} s)"
         )
-    if age_s > bound:
-        return Health(False, f"stale: last written {age_s:.1f} s ago (> {source})", snap, age_s)
-    return Health(True, None, snap, age_s)
+    else:
+        return health
+    return replace(health, healthy=False, problem=problem)
 
 
 def read_health(
@@ -151,7 +114,7 @@ def read_health(
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
         return Health(False, f"{path}: cannot read: {reason}", None, None)
-    return judge_health(
+    return judge(
         text, now_unix=time.time() if now is None else now, max_age_s=max_age_s, path=str(path)
     )
 
