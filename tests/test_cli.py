@@ -438,3 +438,21 @@ def test_python_dash_m_qqconn_without_a_command_is_a_usage_error(
     """No subcommand: exit 2 with argparse's message."""
     status, _, err = usage([], capsys)
     assert status == 2 and "COMMAND" in err
+
+
+# -- the README's operator examples -----------------------------------------------------------
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_systemd_unit_never_restarts_a_configuration_error() -> None:
+    """The README's unit: Restart=on-failure, but not on exit 2 (usage) or 78 (FATAL permanent)."""
+    unit = README.split("/etc/systemd/system/qqconn.service", 1)[1].split("[Install]", 1)[0]
+    settings = dict(
+        line.strip().split("=", 1)
+        for line in unit.splitlines()
+        if "=" in line and not line.strip().startswith("#")
+    )
+    assert settings["Restart"] == "on-failure"
+    prevented = {int(code) for code in settings["RestartPreventExitStatus"].split()}
+    assert prevented == {cli.EXIT_USAGE, cli.EXIT_FATAL_PERMANENT} == {2, 78}

@@ -182,3 +182,11 @@ def test_a_day_old_alive_file_fails_the_real_probe(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "healthy                   no: stale: last written 864" in done.stdout
     assert "2 x heartbeat interval + state refresh = 92.5 s" in done.stdout
+
+
+def test_the_readme_states_the_bound_status_applies() -> None:
+    """The README's status section gives the same bound (2 x interval + 10 s; 92.5 s at 41.25)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## `qqconn status` as a health probe", 1)[1].split("\n## ", 1)[0]
+    assert "2 × heartbeat_interval_s + 10 s" in section
+    assert f"{fresh_bound_s({'heartbeat_interval_s': 41.25}):g} s for QQ's 41.25 s" in section
