@@ -40,6 +40,10 @@ def _read_only_dir(tmp: Path) -> Path:
     return ro / "file"
 
 
+def _a_device(_tmp: Path) -> Path:
+    return Path(os.devnull)
+
+
 needs_permissions = pytest.mark.skipif(
     os.geteuid() == 0, reason="root writes through directory permissions"
 )
@@ -47,6 +51,7 @@ CASES = [
     pytest.param(_missing_dir, "does not exist", id="missing-dir"),
     pytest.param(_under_a_file, "does not exist", id="under-a-file"),
     pytest.param(_a_directory, "is a directory", id="a-directory"),
+    pytest.param(_a_device, "not a regular file", id="a-device"),
     pytest.param(_read_only_dir, "cannot", id="read-only-dir", marks=needs_permissions),
 ]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,15 @@ def _directory(option: str, path: Path) -> Path:
     return directory
 
 
+def _regular(option: str, path: Path, mode: int) -> None:
+    # A pipe would block the checkpoint read; a device would be replaced by a file (as root).
+    if not stat.S_ISREG(mode):
+        raise UsageError(
+            f"{option} {path}: not a regular file (a pipe or device cannot hold a checkpoint; "
+            "name a file)"
+        )
+
+
 def _cannot(option: str, path: Path, what: str, exc: OSError) -> UsageError:
     return UsageError(
         f"{option} {path}: cannot {what}: {exc.strerror or exc} "
@@ -56,17 +66,22 @@ def check_state_file(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(probe)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
         return
     except OSError as exc:
         raise _cannot(option, path, "inspect it", exc) from None
-    if size == 0:
+    _regular(option, path, info.st_mode)
+    if info.st_size == 0:
         return
     ours = False
-    if size <= _MAX_STATE_FILE_BYTES:
-        with contextlib.suppress(OSError, ValueError):
-            doc = json.loads(path.read_bytes())
+    if info.st_size <= _MAX_STATE_FILE_BYTES:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise _cannot(option, path, "read it", exc) from None
+        with contextlib.suppress(ValueError):
+            doc = json.loads(raw)
             ours = isinstance(doc, dict) and isinstance(doc.get("state"), str)
     if not ours:
         raise UsageError(
@@ -81,6 +96,8 @@ def check_output(path: Path) -> None:
     option = "--output"
     _directory(option, path)
     exists = path.exists()
+    if exists:
+        _regular(option, path, path.stat().st_mode)
     try:
         # r+b on an existing file needs exactly what the run needs: read, write, truncate.
         with open(path, "r+b" if exists else "ab"):
