@@ -1,4 +1,4 @@
-"""qqconn.machine: examples at every boundary of behaviour.md, one rule or scenario per test."""
+"""qqconn.machine: examples at every boundary of docs/behaviour.md, one rule or scenario per test."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from structlog.testing import CapturingLogger
 
 from qqconn import commands as cmd
 from qqconn import events as ev
-from qqconn.errors import LocalProtocolError
+from qqconn.checkpoint import Resumable
+from qqconn.endings import FATAL_CLOSE_CODES
+from qqconn.errors import ConfigError, LocalProtocolError
 from qqconn.events import Timer
 from qqconn.machine import TRIGGERS, ConnectionMachine, State, build_rows
 from qqconn.policy import Policy
+from qqconn.testing.events import dispatch_received, one_of_each, ready_received
 
-FATAL_CODES = [4001, 4002, 4010, 4011, 4012, 4013, 4014, 4914, 4915, 4924]
+FATAL_CODES = sorted(FATAL_CLOSE_CODES)  # pinned literally in tests/test_endings.py
 IDENTIFY_CODES = [4006, 4007, 4900, 4902, 4903, 4913, 4920, 4950]
 INTERVAL_MS = 41250
 INTERVAL_S = 41.25
@@ -26,9 +29,13 @@ INTERVAL_S = 41.25
 class Run:
     """A scripted driver: feeds events at the times a test chooses and keeps every command."""
 
-    def __init__(self, policy: Policy | None = None, *, seed: int = 0) -> None:
+    def __init__(
+        self, policy: Policy | None = None, *, seed: int = 0, restored: Resumable | None = None
+    ) -> None:
         self.log = CapturingLogger()
-        self.m = ConnectionMachine(policy, rng=random.Random(seed), logger=self.log)
+        self.m = ConnectionMachine(
+            policy, rng=random.Random(seed), logger=self.log, restored=restored
+        )
         self.out: list[cmd.Command] = []
 
     # -- feeding ---------------------------------------------------------------------------
@@ -52,7 +59,7 @@ class Run:
         return self.feed(ev.HelloReceived(self.n, at, interval))
 
     def ready(self, at: float, sid: str = "sid-1", seq: int | None = 1) -> list[cmd.Command]:
-        return self.feed(ev.ReadyReceived(self.n, at, sid, seq))
+        return self.feed(ready_received(self.n, at, sid, seq))
 
     def resumed(self, at: float, seq: int | None = None) -> list[cmd.Command]:
         return self.feed(ev.ResumedReceived(self.n, at, seq))
@@ -67,7 +74,7 @@ class Run:
         return self.feed(ev.TimerFired(timer, self.n, at))
 
     def dispatch(self, at: float, seq: int | None) -> list[cmd.Command]:
-        return self.feed(ev.DispatchReceived(self.n, at, seq))
+        return self.feed(dispatch_received(self.n, at, seq))
 
     def connect(self, at: float, *, interval: object = INTERVAL_MS) -> list[cmd.Command]:
         """Socket opens at ``at``, Hello right after; returns Hello's commands."""
@@ -110,6 +117,12 @@ class Run:
             for call in self.log.calls
             if call.args and call.args[0] == event and method in (None, call.method_name)
         )
+
+
+def delivers(seq: int | None, session_id: str | None = "sid-1") -> cmd.DeliverDispatch:
+    """The DeliverDispatch that ``Run.dispatch(at, seq)`` must produce: its payload, and
+    the session it belongs to."""
+    return cmd.DeliverDispatch(dispatch_received(0, 0.0, seq).dispatch, session_id)
 
 
 def of(kind: type, got: list[cmd.Command]) -> list[Any]:
@@ -160,8 +173,8 @@ def test_seq_5_10_7_heartbeat_carries_10_and_7_is_dropped() -> None:
     """Scenario 'Seq tracking' / rule 10: s = 5, 10, 7 → last seq 10, 7 dropped, heartbeat d 10."""
     r = Run()
     r.alive(0.0)
-    assert r.dispatch(1.0, 5) == [cmd.DeliverDispatch(5)]
-    assert r.dispatch(1.1, 10) == [cmd.DeliverDispatch(10)]
+    assert r.dispatch(1.0, 5) == [delivers(5)]
+    assert r.dispatch(1.1, 10) == [delivers(10)]
     assert r.dispatch(1.2, 7) == [cmd.DropDispatch(7, 10)]
     assert r.dispatch(1.3, 10) == [cmd.DropDispatch(10, 10)]
     assert r.m.last_seq == 10
@@ -182,7 +195,7 @@ def test_dispatch_without_seq_is_delivered_and_changes_nothing() -> None:
     """Rule 10: a dispatch without a usable s is still delivered; last seq is unchanged."""
     r = Run()
     r.alive(0.0, seq=3)
-    assert r.dispatch(1.0, None) == [cmd.DeliverDispatch(None)]
+    assert r.dispatch(1.0, None) == [delivers(None)]
     assert r.m.last_seq == 3
 
 
@@ -213,8 +226,7 @@ def test_resumed_without_a_resume_is_ignored() -> None:
 
 def test_restored_session_is_resumed_on_the_first_attempt() -> None:
     """A session restored before start (state file of a restarted process) is Resumed at once."""
-    r = Run()
-    r.m.restore_session("old-sess", 41)
+    r = Run(restored=Resumable("old-sess", 41))
     r.start(0.0)
     got = r.connect(0.5)
     assert cmd.SendResume(1, "old-sess", 41) in got
@@ -225,8 +237,7 @@ def test_restored_session_is_resumed_on_the_first_attempt() -> None:
 
 def test_restored_session_refused_falls_back_to_identify() -> None:
     """A restored session the server refuses (op 9 false) is forgotten: Identify next."""
-    r = Run()
-    r.m.restore_session("old-sess", 41)
+    r = Run(restored=Resumable("old-sess", 41))
     r.start(0.0)
     r.connect(0.5)
     r.feed(ev.InvalidSessionReceived(1, 10.0, False))
@@ -234,18 +245,57 @@ def test_restored_session_refused_falls_back_to_identify() -> None:
     assert cmd.SendIdentify(2) in r.connect(15.0)
 
 
-@pytest.mark.parametrize("when", ["started", "stopped"])
-def test_restore_session_after_start_is_refused(when: str) -> None:
-    """restore_session only before start: afterwards LocalProtocolError, session unchanged."""
+@pytest.mark.parametrize("when", ["fresh", "connecting", "alive", "backoff", "stopped"])
+def test_a_session_cannot_be_restored_after_construction(when: str) -> None:
+    """The constructor is the one door for a restored session: no method restores one, and
+    assigning the session raises in every state (CONNECTING right after start included),
+    leaving the machine unchanged."""
     r = Run()
-    if when == "started":
+    if when == "connecting":
+        r.start(0.0)
+        assert r.m.state is State.CONNECTING
+    elif when == "alive":
         r.alive(0.0)
-    else:
+    elif when == "backoff":
+        r.alive(0.0)
+        r.close(10.0, 1006)
+    elif when == "stopped":
         r.feed(ev.StopRequested(0.0))
-    before = r.m.counters()
-    with pytest.raises(LocalProtocolError):
-        r.m.restore_session("other", 1)
-    assert r.m.counters() == before
+    before = r.m.snapshot_fields()
+    assert not hasattr(r.m, "restore_session")
+    with pytest.raises(AttributeError):
+        r.m.session_id = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        r.m.last_seq = 1  # type: ignore[misc]
+    assert r.m.snapshot_fields() == before
+    if when == "backoff":  # the next attempt resumes what the server gave, nothing else
+        r.retry(20.0)
+        assert cmd.SendResume(2, "sid-1", 1) in r.connect(20.0)
+
+
+@pytest.mark.parametrize(
+    "restored",
+    [Resumable("", 1), Resumable("s", -1), Resumable("s", True), ("s", 1), "s"],  # type: ignore[arg-type]
+    ids=["empty-session", "negative-seq", "bool-seq", "tuple", "string"],
+)
+def test_a_bad_restored_session_is_a_config_error(restored: Any) -> None:
+    """restored must be a Resumable with a session id and a sequence number (or None)."""
+    with pytest.raises(ConfigError) as info:
+        ConnectionMachine(restored=restored)
+    assert info.value.field == "restored"
+
+
+def test_a_restored_session_is_the_checkpoint_until_the_host_moves_it() -> None:
+    """The restored (session, seq) is the resume checkpoint from the start; a restore logs."""
+    r = Run(restored=Resumable("old-sess", 41))
+    assert r.m.checkpoint == Resumable("old-sess", 41)
+    fields = r.m.snapshot_fields()
+    assert (fields["session_id"], fields["last_seq"], fields["received_seq"]) == (
+        "old-sess",
+        41,
+        41,
+    )
+    assert r.logged("qqconn.session_restored", "info") == 1
 
 
 # -- the quick-drop counter (rule 1) ---------------------------------------------------------------
@@ -688,7 +738,7 @@ def test_op7_then_4009_while_events_flow_loses_and_duplicates_nothing() -> None:
     delivered: list[int | None] = []
 
     def deliver(got: list[cmd.Command]) -> None:
-        delivered.extend(c.seq for c in of(cmd.DeliverDispatch, got))
+        delivered.extend(c.dispatch.seq for c in of(cmd.DeliverDispatch, got))
 
     for s in (2, 3, 4):
         deliver(r.dispatch(100.0, s))
@@ -851,46 +901,38 @@ def test_4008_from_alive_counts_towards_the_attempt_limit() -> None:
 
 # -- fatal close codes ----------------------------------------------------------------------------
 
-ALL_EVENTS: list[Callable[[int, float], ev.Event]] = [
-    lambda n, t: ev.StopRequested(t),
-    lambda n, t: ev.ConnectFailed(n, t, "token", "x"),
-    lambda n, t: ev.SocketOpened(n, t),
-    lambda n, t: ev.HelloReceived(n, t, INTERVAL_MS),
-    lambda n, t: ev.ReadyReceived(n, t, "sid-x", 1),
-    lambda n, t: ev.ResumedReceived(n, t, 1),
-    lambda n, t: ev.DispatchReceived(n, t, 99),
-    lambda n, t: ev.HeartbeatAcked(n, t),
-    lambda n, t: ev.HeartbeatRequested(n, t),
-    lambda n, t: ev.HeartbeatSent(n, t),
-    lambda n, t: ev.HeartbeatSendFailed(n, t, "x"),
-    lambda n, t: ev.ReconnectRequested(n, t),
-    lambda n, t: ev.InvalidSessionReceived(n, t, True),
-    lambda n, t: ev.InvalidSessionReceived(n, t, False),
-    lambda n, t: ev.FrameRejected(n, t, "x"),
-    lambda n, t: ev.SocketClosed(n, t, None),
-    lambda n, t: ev.SocketClosed(n, t, 4009),
-    lambda n, t: ev.SocketClosed(n, t, 4004),
-    lambda n, t: ev.SocketClosed(n, t, 4008),
-    lambda n, t: ev.SocketClosed(n, t, 4006),
-    lambda n, t: ev.SocketClosed(n, t, 4914),
-    lambda n, t: ev.TimerFired(Timer.HEARTBEAT, n, t),
-    lambda n, t: ev.TimerFired(Timer.ACK_DEADLINE, n, t),
-    lambda n, t: ev.TimerFired(Timer.ATTEMPT_DEADLINE, n, t),
-    lambda n, t: ev.TimerFired(Timer.BACKOFF, n, t),
-]
+
+def every_event(n: int, t: float) -> list[ev.Event]:
+    """One of every event type but Started (``qqconn.testing.events.one_of_each``) for attempt
+    ``n`` at ``t``, plus the variants other rows answer: op 9 true, a close of each row of
+    the close-code table, an oversized frame, refused credentials, every other timer."""
+    return [
+        *(e for e in one_of_each(n, t, session_id="sid-x", seq=99) if type(e) is not ev.Started),
+        ev.InvalidSessionReceived(n, t, True),
+        ev.SocketClosed(n, t, 4009),
+        ev.SocketClosed(n, t, 4004),
+        ev.SocketClosed(n, t, 4008),
+        ev.SocketClosed(n, t, 4006),
+        ev.SocketClosed(n, t, 4914),
+        ev.SocketClosed(n, t, None, "", sent_code=1009),
+        ev.ConnectFailed(n, t, "token", "refused", refused=True),
+        ev.TimerFired(Timer.ACK_DEADLINE, n, t),
+        ev.TimerFired(Timer.ATTEMPT_DEADLINE, n, t),
+        ev.TimerFired(Timer.BACKOFF, n, t),
+    ]
 
 
 def _assert_absorbs_everything(r: Run, t: float) -> None:
     """A terminal machine does nothing for any event of any attempt (Started raises)."""
-    state, counters = r.m.state, r.m.counters()
-    for make in ALL_EVENTS:
-        for n in (r.n - 1, r.n, r.n + 1):
-            assert r.feed(make(n, t)) == []
+    state, counters = r.m.state, r.m.snapshot_fields()
+    for n in (r.n - 1, r.n, r.n + 1):
+        for event in every_event(n, t):
+            assert r.feed(event) == []
             assert r.m.state is state
     with pytest.raises(LocalProtocolError):
         r.feed(ev.Started(t))
     assert r.m.state is state
-    assert r.m.counters() == counters
+    assert r.m.snapshot_fields() == counters
 
 
 @pytest.mark.parametrize("code", FATAL_CODES)
@@ -1226,15 +1268,15 @@ def test_terminal_states_absorb_every_event(name: str) -> None:
 def test_started_twice_raises_with_state_unchanged(name: str) -> None:
     """Host misuse: Started twice raises LocalProtocolError and leaves the machine unchanged."""
     r = _configured(name)
-    state, counters = r.m.state, r.m.counters()
+    state, counters = r.m.state, r.m.snapshot_fields()
     with pytest.raises(LocalProtocolError) as info:
         r.feed(ev.Started(700.0))
     assert info.value.state == state.name
     assert r.m.state is state
-    assert r.m.counters() == counters
+    assert r.m.snapshot_fields() == counters
     # The machine still works after the refusal.
     if state is State.ALIVE:
-        assert r.dispatch(800.0, 50) == [cmd.DeliverDispatch(50)]
+        assert r.dispatch(800.0, 50) == [delivers(50)]
     if state is State.BACKOFF:
         r.retry(800.0)
         assert r.m.state is State.CONNECTING
@@ -1250,12 +1292,14 @@ def test_events_from_an_old_attempt_are_dropped(name: str) -> None:
         if r.m.state is State.BACKOFF:
             r.retry(110.0)
         r.connect(110.0)
-    state, counters = r.m.state, r.m.counters()
-    for make in ALL_EVENTS[1:]:  # every event but StopRequested
-        for n in (r.n - 1, r.n + 1, 0):
-            assert r.feed(make(n, 120.0)) == []
+    state, counters = r.m.state, r.m.snapshot_fields()
+    for n in (r.n - 1, r.n + 1, 0):
+        for event in every_event(n, 120.0):
+            if getattr(event, "attempt", None) is None:
+                continue  # StopRequested, DispatchHandled: no attempt to be old
+            assert r.feed(event) == []
             assert r.m.state is state
-            assert r.m.counters() == counters
+            assert r.m.snapshot_fields() == counters
 
 
 # -- the table itself ---------------------------------------------------------------------------
@@ -1290,9 +1334,9 @@ def test_terminal_states_have_no_way_out() -> None:
 def test_every_reachable_state_event_pair_has_a_defined_outcome(name: str) -> None:
     """Every event in every reachable state yields commands or nothing, never a MachineError."""
     _, expected = CONFIGS[name]
-    for make in [lambda n, t: ev.Started(t), *ALL_EVENTS]:
+    for i in range(len(every_event(0, 0.0)) + 1):
         r = _configured(name)
-        event = make(r.n, 900.0)
+        event = [ev.Started(900.0), *every_event(r.n, 900.0)][i]
         try:
             r.feed(event)
         except LocalProtocolError:
