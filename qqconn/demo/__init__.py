@@ -19,7 +19,8 @@ Time is scaled down (a 1 s quick-drop threshold, 0.5 s heartbeats) so the tour t
 ``--slow FACTOR`` stretches every duration, the policy's included, by FACTOR.
 
 Modules: :mod:`~qqconn.demo.scenarios` (what each scenario does and checks),
-:mod:`~qqconn.demo.stage` (a fake gateway and a manager per run, the tour's policy),
+:mod:`~qqconn.demo.stage` (a fake gateway and a manager per run),
+:mod:`~qqconn.demo.timescale` (the tour's policy and durations),
 :mod:`~qqconn.demo.explain` (the ``why`` lines, read from the machine),
 :mod:`~qqconn.demo.view` and :mod:`~qqconn.demo.style` (the live view, colour and glyphs),
 :mod:`~qqconn.demo.verdict` (records and pure judgements), :mod:`~qqconn.demo.report` (what is
@@ -28,20 +29,42 @@ printed after each scenario and at the end), :mod:`~qqconn.demo.tour` (:func:`ru
 
 from __future__ import annotations
 
-from qqconn.demo.scenarios import SCENARIOS, Scenario
-from qqconn.demo.stage import demo_policy
-from qqconn.demo.tour import run_demo
-from qqconn.demo.verdict import (
-    Check,
-    Delivery,
-    DemoReport,
-    FaultTiming,
-    ScenarioResult,
-    Step,
-    delivery_checks,
-    judge_delivery,
-)
-from qqconn.demo.view import LiveView
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qqconn.demo.scenarios import SCENARIOS, Scenario
+    from qqconn.demo.timescale import demo_policy
+    from qqconn.demo.tour import run_demo
+    from qqconn.demo.verdict import (
+        Check,
+        Delivery,
+        DemoReport,
+        FaultTiming,
+        ScenarioResult,
+        Step,
+        delivery_checks,
+        judge_delivery,
+    )
+    from qqconn.demo.view import LiveView
+
+#: Where each public name lives. Names are imported on first use, so that the pure modules
+#: (verdict, explain, style, timescale) can be used without importing the driver.
+_HOMES = {
+    "SCENARIOS": "qqconn.demo.scenarios",
+    "Scenario": "qqconn.demo.scenarios",
+    "demo_policy": "qqconn.demo.timescale",
+    "run_demo": "qqconn.demo.tour",
+    "Check": "qqconn.demo.verdict",
+    "DemoReport": "qqconn.demo.verdict",
+    "Delivery": "qqconn.demo.verdict",
+    "FaultTiming": "qqconn.demo.verdict",
+    "ScenarioResult": "qqconn.demo.verdict",
+    "Step": "qqconn.demo.verdict",
+    "delivery_checks": "qqconn.demo.verdict",
+    "judge_delivery": "qqconn.demo.verdict",
+    "LiveView": "qqconn.demo.view",
+}
 
 __all__ = [
     "SCENARIOS",
@@ -58,3 +81,13 @@ __all__ = [
     "judge_delivery",
     "run_demo",
 ]
+assert sorted(__all__) == sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'qqconn.demo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -1,12 +1,11 @@
 """Why the machine took an edge, in words, read from the machine at the moment it took it.
 
 The tour prints a ``why`` line under each transition. Everything in it comes from the machine
-(its counters, its policy, the :class:`~qqconn.policy.Ending` it recorded): this module words
-it, it does not decide anything. Two questions it must not answer by itself are asked through
-one small function each, so there is exactly one place to point at the machine's own answer:
-
-* :func:`ending_kind` — what kind of ending this was (a zombie, a close code, …);
-* :func:`describe_wait` — which rung of the delay ladder the machine waited on.
+(its counters, its policy, the :class:`~qqconn.endings.Ending` it recorded): this module words
+it, it decides nothing. What kind of ending it was is the ending's own
+:class:`~qqconn.endings.EndingKind`; which rung of the delay ladder the machine waited on is the
+ending's :class:`~qqconn.endings.Delay` and, for a backoff, :func:`~qqconn.endings.backoff_index`,
+the one owner of the backoff step.
 """
 
 from __future__ import annotations
@@ -14,24 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from qqconn.policy import Delay
+from qqconn.endings import Delay, backoff_index
 
 if TYPE_CHECKING:
     from qqconn.machine import ConnectionMachine
-    from qqconn.policy import Ending
 
-__all__ = ["ZOMBIE", "describe_wait", "ending_kind", "explain"]
-
-#: :func:`ending_kind` of a connection closed because heartbeats went unacknowledged.
-ZOMBIE = "zombie"
-
-
-def ending_kind(ending: Ending | None) -> str | None:
-    """The kind of ``ending``, as the machine names it (None for no ending)."""
-    if ending is None:
-        return None
-    # Until the machine names its endings, the zombie rule's reason says what it is.
-    return ZOMBIE if ending.reason.startswith("zombie:") else None
+__all__ = ["describe_wait", "explain"]
 
 
 def describe_wait(m: ConnectionMachine) -> str:
@@ -43,10 +30,11 @@ def describe_wait(m: ConnectionMachine) -> str:
     if kind is Delay.ROTATION:
         return f"4009 rotation: jitter in {p.rotation_delay_s[0]:g}–{p.rotation_delay_s[1]:g} s"
     if kind is Delay.RATE_LIMIT:
-        return "4008: rate_limit_wait_s"
+        return f"4008: rate_limit_wait_s = {p.rate_limit_wait_s:g} s"
     if kind is Delay.INVALID_SESSION:
-        return "op 9: invalid_session_delay_s"
-    i = min(max(m.failed_attempts - 1, 0), len(p.backoff_s) - 1)
+        low, high = p.invalid_session_delay_s
+        return f"op 9: invalid_session_delay_s in {low:g}–{high:g} s"
+    i = backoff_index(m.failed_attempts, p)
     return f"backoff_s[{i}] = {p.backoff_s[i]:g} s ± {p.backoff_jitter:.0%}"
 
 

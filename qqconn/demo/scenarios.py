@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from qqconn.demo.explain import ZOMBIE
-from qqconn.demo.stage import SLACK_S, Run, Stage
+from qqconn.demo.stage import Run, Stage
+from qqconn.demo.timescale import SLACK_S
 from qqconn.demo.verdict import Step
+from qqconn.endings import EndingKind
 from qqconn.errors import FatalError
 from qqconn.machine import State
 from qqconn.protocol import OpCode
@@ -145,7 +146,9 @@ async def _play_zombie(stage: Stage) -> None:
             kind="zombie",
             lifted="the next connection will be healthy (ACKs on again)",
         )
-        stage.check("detected as a zombie (missing ACK)", left.ending == ZOMBIE, left.why)
+        stage.check(
+            "detected as a zombie (missing ACK)", left.ending is EndingKind.ZOMBIE, left.why
+        )
         first = run.gw.connections[0]
         stage.check(
             "the zombie socket was closed by qqconn, not with 1000/1001",

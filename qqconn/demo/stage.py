@@ -3,7 +3,7 @@
 :class:`Stage` is what a scenario plays on (pauses, bounded waits, checks, faults, and
 :meth:`Stage.connection`: a fake gateway and a running manager, stopped and judged on exit).
 :class:`Run` is one manager's life on it: the seqs its host received, the transitions it took,
-the sockets the gateway saw close. The tour's time scale and policy are here too.
+the sockets the gateway saw close.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field
 
-from qqconn.demo.explain import ending_kind, explain
+from qqconn.demo.explain import explain
+from qqconn.demo.timescale import DEMO_SECRET, EVENTS_PER_S, HEARTBEAT_S, INTENTS, SLACK_S
 from qqconn.demo.verdict import (
     Check,
     FaultTiming,
@@ -30,57 +30,10 @@ from qqconn.driver import ConnectionManager
 from qqconn.errors import FatalError
 from qqconn.machine import State
 from qqconn.policy import Policy
-from qqconn.protocol import Dispatch, Intents, OpCode
+from qqconn.protocol import Dispatch, OpCode
 from qqconn.testing import FakeGateway
 
-__all__ = [
-    "DEMO_SECRET",
-    "EVENTS_PER_S",
-    "HEARTBEAT_S",
-    "INTENTS",
-    "SLACK_S",
-    "Run",
-    "ScenarioFailed",
-    "Stage",
-    "demo_policy",
-]
-
-#: Hello interval of the demo gateway (seconds, before ``--slow``).
-HEARTBEAT_S = 0.5
-#: Allowance for event-loop scheduling on a busy machine, added to every timing rule.
-SLACK_S = 0.5
-#: Events per second the demo gateway pushes while a scenario runs (before ``--slow``).
-EVENTS_PER_S = 25
-#: A fake credential for the fake gateway; never a real one.
-DEMO_SECRET = "demo-secret-0000"
-INTENTS = int(Intents.PUBLIC_GUILD_MESSAGES | Intents.GROUP_AND_C2C_EVENT)
-
-
-def demo_policy(slow: float = 1.0) -> Policy:
-    """The tour's policy: docs/behaviour.md's rules with every duration scaled down, × ``slow``."""
-    base = Policy(
-        quick_disconnect_threshold_s=1.0,
-        max_quick_disconnects=3,
-        max_reconnect_attempts=10,
-        backoff_s=(0.1, 0.2, 0.4),
-        backoff_jitter=0.2,
-        rate_limit_wait_s=1.0,
-        connect_timeout_s=3.0,
-        rotation_delay_s=(0.0, 0.05),
-        invalid_session_delay_s=(0.1, 0.2),
-        default_heartbeat_interval_s=HEARTBEAT_S,
-        close_timeout_s=0.5,
-    )
-    if slow == 1:
-        return base
-    changes: dict[str, Any] = {}
-    for f in fields(base):
-        if f.name.endswith("_s"):
-            value = getattr(base, f.name)
-            changes[f.name] = (
-                tuple(v * slow for v in value) if isinstance(value, tuple) else value * slow
-            )
-    return replace(base, **changes)
+__all__ = ["Run", "ScenarioFailed", "Stage"]
 
 
 class ScenarioFailed(Exception):
@@ -211,8 +164,8 @@ class Run:
         )
         if dest == "BACKOFF":
             self.backoff_entered_at = now
-        kind = ending_kind(m.last_ending) if trigger == "connection_ended" else None
-        step = Step(now, source, dest, trigger, why, kind)
+        ending = m.last_ending if trigger == "connection_ended" else None
+        step = Step(now, source, dest, trigger, why, ending.kind if ending is not None else None)
         self.steps.append(step)
         return step
 

@@ -15,7 +15,8 @@ import structlog
 
 from qqconn.demo.report import print_path, print_result, print_summary
 from qqconn.demo.scenarios import SCENARIOS
-from qqconn.demo.stage import HEARTBEAT_S, ScenarioFailed, Stage, demo_policy
+from qqconn.demo.stage import ScenarioFailed, Stage
+from qqconn.demo.timescale import HEARTBEAT_S, demo_policy
 from qqconn.demo.verdict import Check, DemoReport, ScenarioResult
 from qqconn.demo.view import LiveView
 from qqconn.policy import Policy

@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from qqconn.endings import EndingKind
+
 __all__ = [
     "Check",
     "Delivery",
@@ -94,8 +96,8 @@ class Step:
     dest: str
     trigger: str
     why: str
-    #: The kind of ending that caused it (as the machine names it), for ``connection_ended``.
-    ending: str | None = None
+    #: The kind of ending that caused it (the machine's name for it), for ``connection_ended``.
+    ending: EndingKind | None = None
 
 
 @dataclass(slots=True)
