@@ -190,3 +190,20 @@ def test_the_readme_states_the_bound_status_applies() -> None:
     section = readme.split("## `qqconn status` as a health probe", 1)[1].split("\n## ", 1)[0]
     assert "2 × heartbeat_interval_s + 10 s" in section
     assert f"{fresh_bound_s({'heartbeat_interval_s': 41.25}):g} s for QQ's 41.25 s" in section
+
+
+def test_status_names_the_last_ending_by_the_machines_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A snapshot with last_ending: status prints its reason, kind and close code on one row."""
+    doc = json.loads(_snapshot("alive"))
+    doc["last_ending"] = {"kind": "zombie", "reason": "zombie: no ACK", "close_code": 4000}
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(doc))
+    status, out, _ = usage(["status", "--state-file", str(path)], capsys)
+    assert status == 0
+    assert "last ending               zombie: no ACK (zombie, close code 4000)" in out
+    doc["last_ending"] = {"kind": "dropped", "reason": "connection lost", "close_code": None}
+    path.write_text(json.dumps(doc))
+    _, out, _ = usage(["status", "--state-file", str(path)], capsys)
+    assert "last ending               connection lost (dropped)" in out

@@ -9,8 +9,8 @@ import random
 from structlog.testing import CapturingLogger
 
 from qqconn import events as ev
-from qqconn.demo.timescale import demo_policy
 from qqconn.demo.explain import describe_wait, explain
+from qqconn.demo.timescale import demo_policy
 from qqconn.endings import EndingKind
 from qqconn.machine import ConnectionMachine, State
 from qqconn.testing.events import ready_received

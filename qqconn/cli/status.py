@@ -153,6 +153,16 @@ def format_status(h: Health) -> str:
         ("failed attempts in a row", str(snap.get("reconnect_attempts"))),
         ("quick drops in a row", str(snap.get("quick_disconnects"))),
     ]
+    ending = snap.get("last_ending")
+    if isinstance(ending, dict):
+        code = ending.get("close_code")
+        rows.append(
+            (
+                "last ending",
+                f"{ending.get('reason')} ({ending.get('kind')}"
+                + (f", close code {code})" if code is not None else ")"),
+            )
+        )
     interval = snap.get("heartbeat_interval_s")
     latency = snap.get("last_ack_latency_s")
     if isinstance(interval, (int, float)):
