@@ -8,7 +8,7 @@ styling: test_demo_style.py).
 from __future__ import annotations
 
 import io
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import structlog
@@ -23,6 +23,7 @@ from qqconn.demo import (
     demo_policy,
     run_demo,
 )
+from qqconn.demo.timescale import UNSCALED
 
 
 async def test_zombie_scenario_behaves_and_shows_the_tour() -> None:
@@ -115,12 +116,19 @@ def test_the_command_line_offers_exactly_the_tour_scenarios() -> None:
 
 
 def test_slow_stretches_every_duration_of_the_policy() -> None:
-    """demo_policy(slow) multiplies every *_s field (tuples included) and nothing else."""
+    """demo_policy(slow) multiplies every *_s field (tuples included) but the protocol-bound
+    UNSCALED ones, and nothing else; the result is a valid Policy even at ×10."""
     base, slow = demo_policy(), demo_policy(3.0)
-    assert slow.quick_disconnect_threshold_s == 3 * base.quick_disconnect_threshold_s
-    assert slow.backoff_s == tuple(3 * b for b in base.backoff_s)
-    assert slow.max_quick_disconnects == base.max_quick_disconnects
-    assert slow.heartbeat_ack_timeout_ratio == base.heartbeat_ack_timeout_ratio
+    names = {f.name for f in fields(base)}
+    assert names >= UNSCALED  # the exceptions name real fields
+    for name in sorted(names):
+        was, now = getattr(base, name), getattr(slow, name)
+        if name.endswith("_s") and name not in UNSCALED:
+            want = tuple(3 * v for v in was) if isinstance(was, tuple) else 3 * was
+            assert now == want, name
+        else:
+            assert now == was, name
+    assert demo_policy(10.0).token_refresh_margin_s == base.token_refresh_margin_s
 
 
 async def test_rotation_scenario_behaves() -> None:

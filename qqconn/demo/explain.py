@@ -14,11 +14,23 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qqconn.endings import Delay, backoff_index
+from qqconn.machine import State
 
 if TYPE_CHECKING:
     from qqconn.machine import ConnectionMachine
 
-__all__ = ["describe_wait", "explain"]
+__all__ = ["describe_wait", "ends_connection", "explain"]
+
+#: The states a connection is in (being made, identified, live) and those it ends into.
+_CONNECTED = frozenset({State.CONNECTING.name, State.IDENTIFIED.name, State.ALIVE.name})
+_ENDED = frozenset({State.BACKOFF.name, State.QUICK_DROPPED.name, State.FATAL.name})
+
+
+def ends_connection(source: str, dest: str) -> bool:
+    """Is ``source -> dest`` one of the machine's rows that end a connection (whatever its
+    trigger: a close, a missed ACK, a silent socket, op 7, a deadline...)? On such an edge the
+    machine has just recorded the ending as its ``last_ending``."""
+    return source in _CONNECTED and dest in _ENDED
 
 
 def describe_wait(m: ConnectionMachine) -> str:
@@ -72,10 +84,10 @@ def explain(
             else f"the {n} event{'s' if n != 1 else ''} sent while we were away replayed first"
         )
         return f"RESUMED at s={m.last_seq}: {missed}; failed attempts reset to 0"
-    if trigger == "connection_ended" and ending is not None:
+    if ends_connection(source, dest) and ending is not None:
         reason = ending.reason
         if dest == "FATAL":
-            return f"{reason}: a close code that no retry can fix (ending_is_fatal)"
+            return f"{reason}: no retry can fix this (ending_is_fatal)"
         if dest == "QUICK_DROPPED":
             return (
                 f"{reason} {dot} lived {lived:.2f} s < {threshold:g} s: "

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from qqconn.demo.explain import explain
+from qqconn.demo.explain import ends_connection, explain
 from qqconn.demo.timescale import DEMO_SECRET, EVENTS_PER_S, HEARTBEAT_S, INTENTS, SLACK_S
 from qqconn.demo.verdict import (
     Check,
@@ -164,7 +164,7 @@ class Run:
         )
         if dest == "BACKOFF":
             self.backoff_entered_at = now
-        ending = m.last_ending if trigger == "connection_ended" else None
+        ending = m.last_ending if ends_connection(source, dest) else None
         step = Step(now, source, dest, trigger, why, ending.kind if ending is not None else None)
         self.steps.append(step)
         return step

@@ -11,7 +11,15 @@ from typing import Any
 from qqconn.policy import Policy
 from qqconn.protocol import Intents
 
-__all__ = ["DEMO_SECRET", "EVENTS_PER_S", "HEARTBEAT_S", "INTENTS", "SLACK_S", "demo_policy"]
+__all__ = [
+    "DEMO_SECRET",
+    "EVENTS_PER_S",
+    "HEARTBEAT_S",
+    "INTENTS",
+    "SLACK_S",
+    "UNSCALED",
+    "demo_policy",
+]
 
 #: Hello interval of the demo gateway (seconds, before ``--slow``).
 HEARTBEAT_S = 0.5
@@ -24,8 +32,14 @@ DEMO_SECRET = "demo-secret-0000"
 INTENTS = int(Intents.PUBLIC_GUILD_MESSAGES | Intents.GROUP_AND_C2C_EVENT)
 
 
+#: Durations the tour does not stretch: they are bound by the QQ protocol, not by the tour's time
+#: scale (the token endpoint renews a token only in its last 60 s of life).
+UNSCALED = frozenset({"token_refresh_margin_s"})
+
+
 def demo_policy(slow: float = 1.0) -> Policy:
-    """The tour's policy: docs/behaviour.md's rules with every duration scaled down, × ``slow``."""
+    """The tour's policy: docs/behaviour.md's rules with every duration scaled down, then each
+    duration but the :data:`UNSCALED` ones stretched × ``slow``."""
     base = Policy(
         quick_disconnect_threshold_s=1.0,
         max_quick_disconnects=3,
@@ -43,7 +57,7 @@ def demo_policy(slow: float = 1.0) -> Policy:
         return base
     changes: dict[str, Any] = {}
     for f in fields(base):
-        if f.name.endswith("_s"):
+        if f.name.endswith("_s") and f.name not in UNSCALED:
             value = getattr(base, f.name)
             changes[f.name] = (
                 tuple(v * slow for v in value) if isinstance(value, tuple) else value * slow

@@ -96,7 +96,8 @@ class Step:
     dest: str
     trigger: str
     why: str
-    #: The kind of ending that caused it (the machine's name for it), for ``connection_ended``.
+    #: The kind of ending that caused it (the machine's name for it), on an edge that ended a
+    #: connection (:func:`~qqconn.demo.explain.ends_connection`).
     ending: EndingKind | None = None
 
 
