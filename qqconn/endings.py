@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FATAL_CLOSE_CODES",
+    "REASON_CHARS",
     "RECONNECT_CLOSE_CODE",
     "TOO_LARGE_CLOSE_CODE",
     "CloseClass",
@@ -71,6 +72,10 @@ RECONNECT_CLOSE_CODE = 4000
 
 #: The close code a WebSocket client sends for a frame above its size limit ("message too big").
 TOO_LARGE_CLOSE_CODE = 1009
+
+#: A close reason from the server is kept for logs and CloseSocket, shortened to this many
+#: characters (a hostile server may send 123 bytes of anything; logs stay one line).
+REASON_CHARS = 120
 
 
 class Session(enum.Enum):
@@ -280,7 +285,7 @@ def classify_close(code: int | None, reason: str = "") -> Ending:
     cls = close_class(code)
     label = f"closed {code}" if code is not None else "connection lost without a close frame"
     if reason:
-        label = f"{label}: {reason[:120]}"
+        label = f"{label}: {reason[:REASON_CHARS]}"
     if cls is CloseClass.FATAL:
         assert code is not None
         return Ending(

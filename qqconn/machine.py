@@ -5,9 +5,12 @@ Theory of operation
 
 Rule 1: everything that decides what a connection does lives in this module. The driver
 observes sockets and timers, feeds the facts in as :mod:`~qqconn.events`, and carries out the
-:mod:`~qqconn.commands` that come back. Nothing else decides.
+:mod:`~qqconn.commands` that come back. Nothing else decides. There is one door:
+:meth:`ConnectionMachine.handle`. Everything the host or a restart needs crosses it as an event
+or a command: a delivered dispatch carries its payload, the host reports what it finished with,
+a restored session is a constructor argument (``restored=``) and can enter no other way.
 
-The states (behaviour.md)::
+The states (docs/behaviour.md)::
 
     CONNECTING     token, gateway URL, WebSocket, waiting for Hello
     IDENTIFIED     Hello seen, Identify/Resume sent, heartbeats running, waiting for READY/RESUMED
@@ -28,16 +31,38 @@ The two counters, and exactly when they move:
   failure, handshake failure, a socket that closed early, no READY in time). Only READY or
   RESUMED reset it. Close 4008 consumes an attempt even from ALIVE.
 
-Why QUICK_DROPPED is a state of its own: it is the one place the quick-drop guard is asked, so
+Why QUICK_DROPPED is a state of its own: it is the one place the quick-drop limit is asked, so
 the diagram shows the rule (``QUICK_DROPPED -> FATAL [quick_drops_exhausted]``) instead of hiding
 it in a branch. BACKOFF likewise asks ``attempts_exhausted`` on entry, before any wait: a spent
 budget ends at once, never after a pointless sleep. Both run through the ``assess`` trigger,
 which the machine queues on entering those states.
 
-How a connection ends: every way (a close frame, a drop, a connect failure, op 9, a zombie,
-a stale socket, failed heartbeat sends, no READY in time, op 7) becomes one ``connection_ended``
-trigger carrying an :class:`~qqconn.policy.Ending` that says what the close-code table implies.
-Three guarded rows then choose FATAL, QUICK_DROPPED or BACKOFF.
+How a connection ends. Every way is first an *observation* (:mod:`qqconn.endings`), and one
+pure function, :func:`~qqconn.endings.classify`, says what it implies as an
+:class:`~qqconn.endings.Ending` (session kept or forgotten, which delay, quick or not, fatal or
+not, and its :class:`~qqconn.endings.EndingKind`). Two kinds of row end a connection:
+
+* ends the driver reports (a close with the code received and the one qqconn sent, a connect
+  failure by stage with ``refused``, op 9) are classified as they come in and fire
+  ``connection_ended``, whose three rows choose FATAL ``[ending_is_fatal]``, QUICK_DROPPED
+  ``[is_quick_drop]`` or BACKOFF;
+* ends the machine detects itself are rows of their own trigger that lead straight to where
+  the end goes, so the statechart shows them: ``heartbeat_due [ack_overdue]`` (zombie, rule 5),
+  ``heartbeat_due [frames_stale]`` (stale, rule 6), ``ack_due [ack_overdue]``,
+  ``heartbeat_failed [send_failures_exhausted]`` (rule 7), ``attempt_deadline_passed``
+  (rule 2) go to QUICK_DROPPED when the ending ``[is_quick_drop]``, else BACKOFF;
+  ``reconnect_requested`` (op 7, never a quick drop) goes to BACKOFF. Such a row names its observation (``observe=``, a
+  ``transitions`` *prepare* callback run before the guards): ``observe_zombie``,
+  ``observe_stale``, ``observe_send_failures``, ``observe_deadline``, ``observe_op7``. It
+  classifies the observation into the event's ``ending``, which the guards and actions read
+  as they read a reported one. None of these ends is ever fatal by itself, so they have no
+  FATAL row (the exploration proves every row they have fires). The ordinary heartbeat is the
+  first ``heartbeat_due`` row, ``unless=[ack_overdue, frames_stale]``: one row to try on the
+  path taken every interval.
+
+Whatever ended, ``count_ending`` applies the counter rules and :func:`~qqconn.endings.next_delay`
+(the one delay ladder) decides the wait in BACKOFF. ``AnnounceState`` carries the ending that
+caused a state change (for ``assess``, the ending it assessed).
 
 Attempts are epochs: each socket belongs to one attempt number, and an event of an attempt that
 is not the current, open one is dropped (``qqconn.stale_event``) before the table sees it. A
@@ -47,9 +72,41 @@ Every (state, trigger) pair has rows ending in an unguarded one, so no trigger e
 returns False; pairs that mean nothing get an explicit ``ignore`` row, and a protocol oddity an
 ``ignore_unexpected`` row that logs a warning. ``tests/test_exploration.py`` checks all of this.
 
-Dispatches are the one event that does not go through ``transitions``: there may be thousands a
-second, they never change the state, and the only decision (deliver, or drop an ``s`` the host
-already had) is :meth:`ConnectionMachine._on_dispatch`, below, in this module.
+Two rows outside the table
+==========================
+
+Two events never change the state and may come thousands of times a second, so they do not go
+through ``transitions``. They are rows of the machine all the same, decided here and tested
+like the others (``tests/test_machine.py``); :meth:`~ConnectionMachine.handle` takes them like
+any event, and a driver may call the methods directly to skip allocating the event:
+
+``DispatchReceived`` → :meth:`~ConnectionMachine.handle_dispatch`
+    stale attempt (or no socket opened): nothing. An ``s`` at or below the last one received:
+    ``DropDispatch(seq, last_seq)`` (a replay the host already had). Otherwise
+    ``DeliverDispatch(dispatch, session_id)`` and, with an ``s``, it becomes the last one
+    received (what heartbeats and Resume carry). A dispatch without ``s`` is delivered and
+    changes nothing. READY is delivered by its table row (``adopt_session``), only when adopted.
+
+``DispatchHandled`` → :meth:`~ConnectionMachine.handle_dispatch_handled`
+    the host lane finished with a dispatch it was given. For the session the machine holds,
+    the resume checkpoint moves (a new session: it becomes the checkpoint's session; the same
+    one: its ``s`` only goes up), and ``WriteCheckpoint`` follows for a new session, or when
+    ``checkpoint_interval_s`` has passed since the last write; in FATAL and STOPPED the
+    checkpoint moves silently (the driver writes it on its way out). A report for another
+    session (one the machine forgot) changes nothing.
+
+The resume checkpoint
+=====================
+
+A restarted process must resume from what the host *finished* with, never from what was merely
+received, so the checkpoint (:attr:`~ConnectionMachine.checkpoint`, and ``session_id`` /
+``last_seq`` of :meth:`~ConnectionMachine.snapshot_fields`) is kept apart from the session the
+machine holds: it is the restored session, or the session whose READY the host reported
+handled, with the last ``s`` reported. Forgetting the session clears it at once, so a snapshot
+that says ``alive`` never names a forgotten session (between a new READY and the host's report
+of it, the snapshot names none). ``WriteCheckpoint`` is also emitted for an acknowledged
+heartbeat, at most once per ``checkpoint_interval_s``, which keeps a quiet connection's state
+file fresh; every ``AnnounceState`` implies a rewrite and restarts that interval.
 """
 
 from __future__ import annotations
@@ -68,6 +125,7 @@ from qqconn import events as ev
 from qqconn._log import QuietLogger
 from qqconn.checkpoint import Resumable
 from qqconn.endings import (
+    REASON_CHARS,
     RECONNECT_CLOSE_CODE,
     Closed,
     ConnectFailure,
@@ -303,6 +361,15 @@ _FROM_SOCKET = (*_INBOUND, ev.SocketClosed, ev.HeartbeatSent, ev.HeartbeatSendFa
 _EXPECTED_DELAYS = (Delay.NOW, Delay.ROTATION)
 
 _NEVER = float("-inf")
+_WRITE_CHECKPOINT = cmd.WriteCheckpoint()  # no fields: one instance serves every write
+
+#: Monotonic clocks are floats: a socket opened at 12345.678 and ended 5.00 s later may
+#: subtract to 4.9999999999. This much grace keeps "5.00 s is not quick" true.
+QUICK_GRACE_S = 5e-7
+#: Details the driver reports (a send error, a rejected frame) are logged shortened to this.
+DETAIL_CHARS = 200
+#: A raw Hello interval that was replaced is logged shortened to this (it may be anything).
+RAW_VALUE_CHARS = 40
 
 
 def _check_restored(restored: object) -> Resumable | None:
@@ -358,6 +425,7 @@ class ConnectionMachine:
         self._handled_session: str | None = self._session_id
         self._handled_seq: int | None = self._last_seq
         self._checkpoint_at = _NEVER
+        self._checkpoint_interval_s = self.policy.checkpoint_interval_s
         # The counters of docs/behaviour.md.
         self.quick_drops = 0
         self.failed_attempts = 0
@@ -395,8 +463,6 @@ class ConnectionMachine:
             queued=True,
             after_state_change="announce",
         )
-        if restored is not None:
-            self._log.info("qqconn.session_restored", last_seq=restored.last_seq)
 
     # -- the one entry point ---------------------------------------------------------------
 
@@ -521,19 +587,18 @@ class ConnectionMachine:
         self.now = at
         if session_id is None or session_id != self._session_id:
             return None
-        if session_id != self._handled_session:
-            self._handled_session, self._handled_seq = session_id, seq
-            new = True
-        else:
-            if seq is not None and (self._handled_seq is None or seq > self._handled_seq):
+        if session_id == self._handled_session:
+            last = self._handled_seq
+            if seq is not None and (last is None or seq > last):
                 self._handled_seq = seq
-            new = False
+            if at - self._checkpoint_at < self._checkpoint_interval_s:
+                return None  # the common case: one report among thousands a second
+        else:  # the host finished with this session's READY: it becomes the checkpoint's
+            self._handled_session, self._handled_seq = session_id, seq
         if self.state is S.FATAL or self.state is S.STOPPED:
             return None
-        if new or at - self._checkpoint_at >= self.policy.checkpoint_interval_s:
-            self._checkpoint_at = at
-            return cmd.WriteCheckpoint()
-        return None
+        self._checkpoint_at = at
+        return _WRITE_CHECKPOINT
 
     # -- guards ----------------------------------------------------------------------------
 
@@ -574,11 +639,9 @@ class ConnectionMachine:
         return self._lived_less_than_threshold()
 
     def _lived_less_than_threshold(self) -> bool:
-        # Monotonic clocks are floats: opened at 12345.678, ended 5.00 s later may subtract to
-        # 4.9999999999. Half a microsecond of grace keeps "5.00 s is not quick" true.
         assert self.opened_at is not None
         lived = self.now - self.opened_at
-        return lived + 5e-7 < self.policy.quick_disconnect_threshold_s
+        return lived + QUICK_GRACE_S < self.policy.quick_disconnect_threshold_s
 
     def quick_drops_exhausted(self, _: Any) -> bool:
         """Have max_quick_disconnects quick drops happened in a row?"""
@@ -639,7 +702,9 @@ class ConnectionMachine:
         interval, defaulted = self.policy.heartbeat_interval(raw)
         if defaulted:
             self._log.warning(
-                "qqconn.hello_interval_replaced", received=repr(raw)[:40], used_s=interval
+                "qqconn.hello_interval_replaced",
+                received=repr(raw)[:RAW_VALUE_CHARS],
+                used_s=interval,
             )
         self.heartbeat_interval_s = interval
         self._out.append(cmd.StartTimer(Timer.HEARTBEAT, interval, self.attempt))
@@ -697,9 +762,9 @@ class ConnectionMachine:
         self._out.append(cmd.CancelTimer(Timer.ACK_DEADLINE))
         # An acknowledged heartbeat keeps the state file's updated_at fresh on a quiet
         # connection, at most once per checkpoint_interval_s.
-        if self.now - self._checkpoint_at >= self.policy.checkpoint_interval_s:
+        if self.now - self._checkpoint_at >= self._checkpoint_interval_s:
             self._checkpoint_at = self.now
-            self._out.append(cmd.WriteCheckpoint())
+            self._out.append(_WRITE_CHECKPOINT)
         if self.acks % self.policy.heartbeat_log_every == 0:
             self._log.info(
                 "qqconn.heartbeat",
@@ -721,12 +786,13 @@ class ConnectionMachine:
         self._log.warning(
             "qqconn.heartbeat_send_failed",
             failures=self.send_failures,
-            detail=str(event.kwargs.get("detail", ""))[:200],
+            detail=str(event.kwargs.get("detail", ""))[:DETAIL_CHARS],
         )
 
     def note_rejected(self, event: Any) -> None:
         # The driver logged the frame (shortened); the machine records that it was ignored.
-        self._log.debug("qqconn.frame_ignored", detail=str(event.kwargs.get("detail", ""))[:200])
+        detail = str(event.kwargs.get("detail", ""))[:DETAIL_CHARS]
+        self._log.debug("qqconn.frame_ignored", detail=detail)
 
     # -- actions: a connection is over ------------------------------------------------------
 
@@ -734,7 +800,7 @@ class ConnectionMachine:
         if self.attempt_open:
             self.attempt_open = False
             self._out.append(cmd.CancelTimer(Timer.ATTEMPT_DEADLINE))
-            self._out.append(cmd.CloseSocket(self.attempt, code, reason[:120]))
+            self._out.append(cmd.CloseSocket(self.attempt, code, reason[:REASON_CHARS]))
 
     def _forget_session(self, reason: str) -> None:
         # last_seq stays: READY sets it for the next session (heartbeats until then carry it).

@@ -265,6 +265,9 @@ def _parse_dispatch(msg: dict[str, Any], frame: str) -> Inbound:
 #: transient.
 CREDENTIAL_ERROR_CODES = frozenset({100007})
 
+#: An ``expires_in`` above this (ten days; real tokens live 7200 s) is not believed.
+MAX_TOKEN_LIFETIME_S = 10 * 86400
+
 
 def parse_token_response(status: int, body: bytes) -> tuple[str, float]:
     """Parse ``getAppAccessToken``'s answer into ``(access_token, expires_in_s)``.
@@ -296,7 +299,7 @@ def parse_token_response(status: int, body: bytes) -> tuple[str, float]:
         expires_in = float(raw) if isinstance(raw, (int, float, str)) and raw is not True else -1.0
     except (ValueError, OverflowError):
         expires_in = -1.0
-    if not expires_in > 0 or expires_in != expires_in or expires_in > 10 * 86400:
+    if not expires_in > 0 or expires_in != expires_in or expires_in > MAX_TOKEN_LIFETIME_S:
         raise RemoteProtocolError(
             f"token endpoint gave an unusable expires_in: {shorten(repr(raw), 40)}"
         )
