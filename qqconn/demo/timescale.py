@@ -32,8 +32,8 @@ DEMO_SECRET = "demo-secret-0000"
 INTENTS = int(Intents.PUBLIC_GUILD_MESSAGES | Intents.GROUP_AND_C2C_EVENT)
 
 
-#: Durations the tour does not stretch: they are bound by the QQ protocol, not by the tour's time
-#: scale (the token endpoint renews a token only in its last 60 s of life).
+#: Durations the tour does not stretch: they answer to the QQ token endpoint, whose renewal
+#: window (a token's last 60 s, docs/protocol.md §3.1) and token lifetime do not stretch either.
 UNSCALED = frozenset({"token_refresh_margin_s"})
 
 
