@@ -17,7 +17,6 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -417,112 +416,6 @@ def test_json_logs_are_one_object_per_line_and_redact_the_secret() -> None:
     assert SECRET not in lines[0] and "***" in doc["detail"]
 
 
-# -- qqconn status ----------------------------------------------------------------------------
-
-
-def _snapshot(state: str, *, age_s: float = 0.0, fatal: dict[str, Any] | None = None) -> str:
-    updated = datetime.now(UTC) - timedelta(seconds=age_s)
-    return json.dumps(
-        {
-            "state": state,
-            "app_id": "1000",
-            "shard": [0, 1],
-            "session_id": "abc" if state == "alive" else None,
-            "last_seq": 42,
-            "attempt": 2,
-            "reconnect_attempts": 0,
-            "quick_disconnects": 0,
-            "resume_failures": 0,
-            "heartbeat_interval_s": 41.25,
-            "last_ack_latency_s": 0.012,
-            "updated_at": updated.isoformat(timespec="milliseconds"),
-            "fatal": fatal,
-        }
-    )
-
-
-BANNED = {"reason": "bot banned", "close_code": 4915, "retryable": False}
-
-
-@pytest.mark.parametrize(
-    ("content", "extra", "want"),
-    [
-        (("alive", 0.0, None), [], 0),
-        (("alive", 3.0, None), ["--max-age", "10"], 0),
-        (("alive", 30.0, None), ["--max-age", "10"], 1),
-        (("backoff", 0.0, None), [], 1),
-        (("fatal", 0.0, BANNED), [], 1),
-        ("{not json", [], 2),
-        ('{"hello": 1}', [], 2),
-        (None, [], 2),
-    ],
-    ids=["alive", "fresh", "stale", "backoff", "fatal", "garbage", "not-a-snapshot", "missing"],
-)
-def test_status_exit_codes(
-    content: tuple[str, float, dict[str, Any] | None] | str | None,
-    extra: list[str],
-    want: int,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """status: 0 only when alive (and fresh with --max-age), 1 otherwise, 2 missing/unparsable."""
-    path = tmp_path / "state.json"
-    if isinstance(content, tuple):
-        state, age_s, fatal = content
-        path.write_text(_snapshot(state, age_s=age_s, fatal=fatal))
-    elif content is not None:
-        path.write_text(content)
-    status, out, err = usage(["status", "--state-file", str(path), *extra], capsys)
-    assert status == want, out + err
-    if want == 2:
-        assert str(path) in err and out == ""
-    else:
-        assert "healthy" in out and ("yes" in out) == (want == 0)
-
-
-def test_status_json_reports_health_and_reason(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """status --json: the snapshot plus healthy, problem and age_s."""
-    path = tmp_path / "state.json"
-    path.write_text(_snapshot("fatal", fatal=BANNED))
-    status, out, _ = usage(["status", "--state-file", str(path), "--json"], capsys)
-    doc = json.loads(out)
-    assert status == 1
-    assert doc["healthy"] is False and "bot banned" in doc["problem"]
-    assert doc["fatal"] == BANNED and doc["age_s"] is not None
-
-
-def test_status_human_output_names_the_fatal_reason(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """status for a person: state, fatal reason with close code, counters, age."""
-    path = tmp_path / "state.json"
-    path.write_text(_snapshot("fatal", fatal=BANNED))
-    _, out, _ = usage(["status", "--state-file", str(path)], capsys)
-    assert "fatal" in out and "bot banned (close code 4915, not retryable)" in out
-    assert "s ago" in out
-
-
-def test_status_stays_cheap_for_a_probe(tmp_path: Path) -> None:
-    """`qqconn status` imports neither the driver, websockets nor httpx."""
-    import subprocess
-
-    path = tmp_path / "state.json"
-    path.write_text(_snapshot("alive"))
-    code = (
-        "import sys; from qqconn import cli; "
-        f"status = cli.main(['status', '--state-file', {str(path)!r}]); "
-        "heavy = [m for m in ('qqconn.driver', 'websockets', 'httpx') if m in sys.modules]; "
-        "print('HEAVY', heavy); sys.exit(status)"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=_env()
-    )
-    assert done.returncode == 0, done.stderr
-    assert "HEAVY []" in done.stdout
-
-
 # -- qqconn diagram ---------------------------------------------------------------------------
 
 
@@ -545,3 +438,21 @@ def test_python_dash_m_qqconn_without_a_command_is_a_usage_error(
     """No subcommand: exit 2 with argparse's message."""
     status, _, err = usage([], capsys)
     assert status == 2 and "COMMAND" in err
+
+
+# -- the README's operator examples -----------------------------------------------------------
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_systemd_unit_never_restarts_a_configuration_error() -> None:
+    """The README's unit: Restart=on-failure, but not on exit 2 (usage) or 78 (FATAL permanent)."""
+    unit = README.split("/etc/systemd/system/qqconn.service", 1)[1].split("[Install]", 1)[0]
+    settings = dict(
+        line.strip().split("=", 1)
+        for line in unit.splitlines()
+        if "=" in line and not line.strip().startswith("#")
+    )
+    assert settings["Restart"] == "on-failure"
+    prevented = {int(code) for code in settings["RestartPreventExitStatus"].split()}
+    assert prevented == {cli.EXIT_USAGE, cli.EXIT_FATAL_PERMANENT} == {2, 78}

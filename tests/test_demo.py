@@ -1,28 +1,29 @@
 """``qqconn demo``: the tour runs in-process against the fake gateway and its verdict is real.
 
-The scenarios here run at full speed (a few seconds each). The verdict functions are also fed
-fabricated misbehaviour, and a deliberately mis-configured manager, to show they can fail.
+The scenarios here run at full speed (a few seconds each); a deliberately mis-configured manager
+shows the verdict can fail (the pure verdict functions: test_demo_verdict.py; the terminal
+styling: test_demo_style.py).
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import structlog
 
 from qqconn import cli
 from qqconn import demo as demo_mod
+from qqconn.cli.demo import SCENARIO_NAMES
 from qqconn.demo import (
     Check,
     DemoReport,
     ScenarioResult,
-    delivery_checks,
     demo_policy,
-    judge_delivery,
     run_demo,
 )
+from qqconn.demo.timescale import UNSCALED
 
 
 async def test_zombie_scenario_behaves_and_shows_the_tour() -> None:
@@ -81,38 +82,6 @@ async def test_a_closed_output_never_reaches_the_manager() -> None:
     assert report.results[0].ok, report.results[0].failures()
 
 
-def test_judge_delivery_finds_lost_duplicated_and_reordered_events() -> None:
-    """Fabricated deliveries: a lost, a duplicated and an out-of-order seq each fail a check."""
-    accepted = [2, 3, 4, 5, 6]
-    assert all(c.ok for c in delivery_checks(judge_delivery(accepted, [2, 3, 4, 5, 6])))
-    lost = judge_delivery(accepted, [2, 3, 5, 6])
-    assert lost.lost == (4,)
-    dup = judge_delivery(accepted, [2, 3, 4, 4, 5, 6])
-    assert dup.duplicated == (4,)
-    reordered = judge_delivery(accepted, [2, 4, 3, 5, 6])
-    assert reordered.out_of_order == (3,)
-    for d, name in (
-        (lost, "no event lost"),
-        (dup, "no event duplicated"),
-        (reordered, "events in s order"),
-    ):
-        failed = [c for c in delivery_checks(d) if not c.ok]
-        assert [c.name for c in failed] == [name]
-
-
-def test_a_single_failed_check_fails_the_report() -> None:
-    """One failed check in one scenario makes the whole report fail, and names it."""
-    good = ScenarioResult("zombie", "t", checks=[Check("a", True)])
-    bad = ScenarioResult(
-        "rotation", "t", checks=[Check("a", True), Check("no event lost", False, "lost s = 7")]
-    )
-    assert DemoReport([good], 1.0).ok
-    report = DemoReport([good, bad], 1.0)
-    assert not report.ok
-    assert report.failures() == ["rotation: no event lost (lost s = 7)"]
-    assert not DemoReport([ScenarioResult("empty", "t")], 1.0).ok  # no checks is no verdict
-
-
 def test_demo_command_exits_nonzero_and_says_what_went_wrong(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -143,16 +112,23 @@ def test_demo_options_are_validated(argv: list[str], capsys: pytest.CaptureFixtu
 
 def test_the_command_line_offers_exactly_the_tour_scenarios() -> None:
     """`qqconn demo --scenario` choices are the demo's scenarios, in tour order."""
-    assert cli._scenario_names() == list(demo_mod.SCENARIOS)
+    assert list(SCENARIO_NAMES) == list(demo_mod.SCENARIOS)
 
 
 def test_slow_stretches_every_duration_of_the_policy() -> None:
-    """demo_policy(slow) multiplies every *_s field (tuples included) and nothing else."""
+    """demo_policy(slow) multiplies every *_s field (tuples included) but the protocol-bound
+    UNSCALED ones, and nothing else; the result is a valid Policy even at ×10."""
     base, slow = demo_policy(), demo_policy(3.0)
-    assert slow.quick_disconnect_threshold_s == 3 * base.quick_disconnect_threshold_s
-    assert slow.backoff_s == tuple(3 * b for b in base.backoff_s)
-    assert slow.max_quick_disconnects == base.max_quick_disconnects
-    assert slow.heartbeat_ack_timeout_ratio == base.heartbeat_ack_timeout_ratio
+    names = {f.name for f in fields(base)}
+    assert names >= UNSCALED  # the exceptions name real fields
+    for name in sorted(names):
+        was, now = getattr(base, name), getattr(slow, name)
+        if name.endswith("_s") and name not in UNSCALED:
+            want = tuple(3 * v for v in was) if isinstance(was, tuple) else 3 * was
+            assert now == want, name
+        else:
+            assert now == was, name
+    assert demo_policy(10.0).token_refresh_margin_s == base.token_refresh_margin_s
 
 
 async def test_rotation_scenario_behaves() -> None:
