@@ -1,6 +1,6 @@
 """The fault matrix: the real driver against the fake gateway over loopback sockets.
 
-Each test pins one rule or scenario of behaviour.md with a scaled-down policy (quick threshold
+Each test pins one rule or scenario of docs/behaviour.md with a scaled-down policy (quick threshold
 1 s, backoff tens of ms) and small Hello intervals. Every wait is bounded.
 """
 
@@ -23,6 +23,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from qqconn import ConnectionManager, FatalError, Policy, State
+from qqconn.driver.attempt import Attempt
 from qqconn.events import Timer
 from qqconn.protocol import Dispatch, OpCode
 from qqconn.testing import MISSING, FakeGateway
@@ -104,7 +105,6 @@ async def running(
     *,
     policy: Policy = FAST,
     hb_ms: int = HB_MS,
-    manager_cls: type[ConnectionManager] = ConnectionManager,
     configure: Any = None,
     **kwargs: Any,
 ) -> AsyncIterator[Run]:
@@ -119,7 +119,7 @@ async def running(
             "rng": random.Random(7),
             **kwargs,
         }
-        mgr = manager_for(gw, policy=policy, manager_cls=manager_cls, **options)
+        mgr = manager_for(gw, policy=policy, **options)
         task = asyncio.create_task(mgr.run())
         run = Run(gw, mgr, host, task)
         try:
@@ -455,9 +455,9 @@ async def test_heartbeat_timer_unique_after_crash_and_ten_reconnects(
         for i in range(10):
             await r.gw.send_reconnect(close_after_s=0.2)
             await r.until(lambda i=i: r.gw.resumes >= i + 2 and r.mgr.state is State.ALIVE, 10)
-        timers = r.mgr._timers  # the driver's timer table: one entry per name, by construction
+        timers = r.mgr._feeder.timers.pending()  # one entry per name, by construction
         assert list(timers).count(Timer.HEARTBEAT) == 1
-        assert {n for n, _ in timers.values()} == {r.mgr.machine.attempt}
+        assert set(timers.values()) == {r.mgr.machine.attempt}
         last = r.gw.connections[-1]
         await asyncio.sleep(1.0)
         beats = [t for t, _ in r.gw.heartbeats if t >= last.opened_at]
@@ -600,19 +600,14 @@ async def test_stop_from_fatal_callback_does_not_cut_it_short() -> None:
 # -- stop() from every state -----------------------------------------------------------------
 
 
-class _NoIdentify(ConnectionManager):
-    """Never sends Identify: parks the machine in IDENTIFIED."""
-
-    def _send_on(self, n: int, what: str, build: Any, *, report: bool = False) -> None:
-        if what != "identify":
-            super()._send_on(n, what, build, report=report)
-
-
 @pytest.mark.parametrize("where", ["token", "handshake", "identified", "alive", "backoff"])
-async def test_stop_from_each_state_is_prompt_quiet_final(where: str) -> None:
+async def test_stop_from_each_state_is_prompt_quiet_final(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """stop() during token fetch, handshake, IDENTIFIED, ALIVE, BACKOFF sleep: prompt, quiet, final."""
     policy = replace(FAST, backoff_s=(30.0,), connect_timeout_s=30.0)
-    cls: type[ConnectionManager] = _NoIdentify if where == "identified" else ConnectionManager
+    if where == "identified":  # never send Identify: parks the machine in IDENTIFIED
+        monkeypatch.setattr(Attempt, "send_identify", lambda self: None)
 
     def configure(gw: FakeGateway) -> None:
         if where == "token":
@@ -620,7 +615,7 @@ async def test_stop_from_each_state_is_prompt_quiet_final(where: str) -> None:
         if where == "handshake":
             gw.faults.hello_delay_s = 30.0
 
-    async with running(policy=policy, configure=configure, manager_cls=cls) as r:
+    async with running(policy=policy, configure=configure) as r:
         if where == "token":
             await r.until(lambda: any("AccessToken" in h.path for h in r.gw.http_requests))
         elif where == "handshake":
@@ -643,7 +638,7 @@ async def test_stop_from_each_state_is_prompt_quiet_final(where: str) -> None:
         sockets = len(r.gw.connections)
         await asyncio.sleep(0.3)
         assert len(r.gw.connections) == sockets and r.host.fatals == []
-        assert r.mgr._timers == {}
+        assert r.mgr._feeder.timers.pending() == {}
         leftovers = [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("qqconn-")]
         assert leftovers == []
 
