@@ -121,9 +121,11 @@ class ConnectionManager:
         self._host_session: str | None = None
         self._host_seq: int | None = None
         if self._file is not None:
-            restored = self._file.load(app_id=app_id, shard=shard, policy=self.policy)
+            restored = self._file.load(
+                app_id=app_id, shard=shard, resume_window_s=self.policy.resume_window_s
+            )
             if restored is not None:
-                self._restore(*restored)
+                self._restore(restored.session_id, restored.last_seq)
         if resume_from is not None:
             self._restore(*_check_resume_from(resume_from))
             self._log.info("qqconn.session_restored", last_seq=self._host_seq, source="host")

@@ -1,9 +1,9 @@
 """The state file: an atomic, mode-0600 JSON picture of the connection, and reading it back.
 
-What the picture holds is the manager's :meth:`~qqconn.ConnectionManager.snapshot` (never a
-secret); when it is rewritten is the manager's business. This module only writes it so that a
-reader in another process never sees half a file (temporary file, ``chmod``, ``os.replace``),
-and reads it back for a restart.
+What the picture holds is :func:`qqconn.checkpoint.state_document` (never a secret), and
+whether a restart may resume from it is :func:`qqconn.checkpoint.judge_resume`; when it is
+rewritten is the machine's call. This module only writes it so that a reader in another process
+never sees half a file (temporary file, ``chmod``, ``os.replace``), and reads it back.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qqconn import checkpoint
 from qqconn._log import QuietLogger
-from qqconn.machine import State
-from qqconn.policy import Policy
+from qqconn.checkpoint import Resumable
 
 __all__ = ["StateFile"]
 
@@ -56,10 +56,10 @@ class StateFile:
             self._log.warning("qqconn.state_file_failed", path=str(self.path), error=str(exc)[:200])
 
     def load(
-        self, *, app_id: str, shard: tuple[int, int], policy: Policy
-    ) -> tuple[str, int | None] | None:
-        """The session an earlier process saved, if the file is recent and ours; else None (the
-        reason is logged)."""
+        self, *, app_id: str, shard: tuple[int, int], resume_window_s: float
+    ) -> Resumable | None:
+        """The session an earlier process saved, if :func:`~qqconn.checkpoint.judge_resume`
+        says it may be resumed; else None (the reason is logged)."""
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -69,27 +69,13 @@ class StateFile:
                 "qqconn.state_file_ignored", reason=f"unreadable: {type(exc).__name__}"
             )
             return None
-        reason = None
-        age = time.time() - doc.get("updated_at_unix", 0) if isinstance(doc, dict) else None
-        if not isinstance(doc, dict):
-            reason = "not a JSON object"
-        elif doc.get("app_id") != app_id or doc.get("shard") != list(shard):
-            reason = "written for another app id or shard"
-        elif not isinstance(doc.get("session_id"), str) or not doc["session_id"]:
-            reason = "no session to resume"
-        elif not isinstance(age, float) or not 0 <= age <= policy.resume_window_s:
-            reason = f"older than resume_window_s ({policy.resume_window_s:g} s)"
-        elif doc.get("state") == State.FATAL.value:
-            reason = "the earlier process ended in FATAL"
-        seq = doc.get("last_seq") if isinstance(doc, dict) else None
-        if (
-            reason is None
-            and seq is not None
-            and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0)
-        ):
-            reason = "last_seq is not a sequence number"
-        if reason is not None:
-            self._log.info("qqconn.state_file_ignored", reason=reason, path=str(self.path))
+        now = time.time()
+        verdict = checkpoint.judge_resume(
+            doc, app_id=app_id, shard=shard, now_unix=now, resume_window_s=resume_window_s
+        )
+        if isinstance(verdict, str):
+            self._log.info("qqconn.state_file_ignored", reason=verdict, path=str(self.path))
             return None
-        self._log.info("qqconn.session_restored", last_seq=seq, age_s=round(age or 0.0, 1))
-        return doc["session_id"], seq
+        age = checkpoint.document_age_s(doc, now) or 0.0
+        self._log.info("qqconn.session_restored", last_seq=verdict.last_seq, age_s=round(age, 1))
+        return verdict
