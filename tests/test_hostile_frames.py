@@ -38,7 +38,7 @@ from structlog.testing import capture_logs
 from qqconn import ConnectionManager, FatalError, State
 from qqconn.protocol import Dispatch
 from qqconn.testing import MISSING, NO_OVERRIDE, FakeGateway
-from tests.test_driver import FAST, manager_for
+from tests.driver_support import FAST, manager_for
 
 #: FAST, with budgets no hostile batch can exhaust (a batch may end a connection on purpose,
 #: a few in a row are quick drops; that FATAL would be correct and is tested elsewhere), a

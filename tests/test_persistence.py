@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from qqconn import ConnectionManager, State
 from qqconn.protocol import Dispatch
 from qqconn.testing import FakeGateway
-from tests.test_driver import manager_for
+from tests.driver_support import manager_for
 
 
 def _manager(

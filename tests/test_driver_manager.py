@@ -1,0 +1,87 @@
+"""The manager's lifecycle (qqconn/driver/manager.py): stop() from every state is prompt, quiet
+and final; stop() before run(); a broken logging setup never breaks the connection."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import structlog
+
+from qqconn import Policy, State
+from qqconn.driver.attempt import Attempt
+from qqconn.testing import FakeGateway
+from tests.driver_support import FAST, manager_for, running
+
+
+@pytest.mark.parametrize("where", ["token", "handshake", "identified", "alive", "backoff"])
+async def test_stop_from_each_state_is_prompt_quiet_final(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() during token fetch, handshake, IDENTIFIED, ALIVE, BACKOFF sleep: prompt, quiet, final."""
+    policy = replace(FAST, backoff_s=(30.0,), connect_timeout_s=30.0)
+    if where == "identified":  # never send Identify: parks the machine in IDENTIFIED
+        monkeypatch.setattr(Attempt, "send_identify", lambda self: None)
+
+    def configure(gw: FakeGateway) -> None:
+        if where == "token":
+            gw.faults.token_endpoint = "hang"
+        if where == "handshake":
+            gw.faults.hello_delay_s = 30.0
+
+    async with running(policy=policy, configure=configure) as r:
+        if where == "token":
+            await r.until(lambda: any("AccessToken" in h.path for h in r.gw.http_requests))
+        elif where == "handshake":
+            await r.gw.wait_for_connections(1)
+        elif where == "identified":
+            await r.until_state(State.IDENTIFIED)
+        elif where == "alive":
+            await r.until_state(State.ALIVE)
+        else:
+            await r.until_state(State.ALIVE)
+            await r.gw.drop()
+            await r.until_state(State.BACKOFF)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await r.mgr.stop()
+        elapsed = loop.time() - started
+        assert elapsed < FAST.close_timeout_s * 2 + 1, elapsed
+        assert r.task.done() and r.task.exception() is None
+        assert r.mgr.state is State.STOPPED
+        sockets = len(r.gw.connections)
+        await asyncio.sleep(0.3)
+        assert len(r.gw.connections) == sockets and r.host.fatals == []
+        assert r.mgr._feeder.timers.pending() == {}
+        leftovers = [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("qqconn-")]
+        assert leftovers == []
+
+
+async def test_stop_before_run_returns_at_once() -> None:
+    """stop() before run(): run() returns at once and opens nothing."""
+    async with FakeGateway() as gw:
+        mgr = manager_for(gw, policy=Policy())
+        await mgr.stop()
+        async with asyncio.timeout(2):
+            await mgr.run()
+        assert mgr.state is State.STOPPED and gw.http_requests == []
+
+
+async def test_a_raising_logging_setup_never_breaks_the_connection() -> None:
+    """A host whose logging processor raises: log lines are lost, the connection is not."""
+
+    def explode(logger: Any, name: str, event: Any) -> Any:
+        raise BrokenPipeError("stderr went away")
+
+    structlog.configure(processors=[explode])
+    try:
+        async with running() as r:
+            await r.until_state(State.ALIVE)
+            await r.gw.close(4009)
+            await r.until(lambda: r.gw.resumes == 1 and r.mgr.state is State.ALIVE, timeout=5)
+            await r.until(lambda: r.mgr.machine.acks >= 5, timeout=5)  # the 5th ACK logs INFO
+            assert not r.task.done()
+    finally:
+        structlog.reset_defaults()
