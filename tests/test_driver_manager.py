@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import structlog
 
-from qqconn import Policy, State
+from qqconn import ConfigError, ConnectionManager, Policy, State
 from qqconn.driver.attempt import Attempt
+from qqconn.protocol import Dispatch
 from qqconn.testing import FakeGateway
 from tests.driver_support import FAST, manager_for, running
 
@@ -85,3 +86,60 @@ async def test_a_raising_logging_setup_never_breaks_the_connection() -> None:
             assert not r.task.done()
     finally:
         structlog.reset_defaults()
+
+
+_GOOD: dict[str, Any] = {"app_id": "1", "client_secret": "s3cret", "intents": 1}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("app_id", " "),
+        ("app_id", 102),
+        ("client_secret", ""),
+        ("intents", 0),
+        ("intents", True),
+        ("intents", 1 << 31),
+        ("shard", (1, 1)),
+        ("shard", (0, True)),
+        ("shard", [0, 1]),
+        ("api_base", "ftp://example.invalid"),
+        ("token_url", None),
+        ("resume_from", ("", 3)),
+        ("resume_from", ("sid", -1)),
+        ("resume_from", ("sid", True)),
+        ("resume_from", "sid"),
+    ],
+)
+def test_a_bad_argument_is_a_config_error_naming_it(field: str, value: object) -> None:
+    """A constructor argument the manager cannot work with raises ConfigError naming it."""
+    with pytest.raises(ConfigError) as info:
+        ConnectionManager(**{**_GOOD, field: value})
+    assert info.value.field == field
+
+
+async def test_resume_from_resumes_that_session_after_that_seq() -> None:
+    """resume_from=(session_id, seq): the first socket Resumes that session, and the host gets
+    exactly the events after seq (none skipped, none repeated)."""
+    async with FakeGateway() as gw:
+        first: list[Dispatch] = []
+        mgr = manager_for(gw, on_dispatch=first.append)
+        task = asyncio.create_task(mgr.run())
+        await gw.wait_for(lambda: mgr.state is State.ALIVE, 10)
+        for i in range(5):
+            await gw.dispatch("C2C_MESSAGE_CREATE", {"n": i})
+        await gw.wait_for(lambda: len(first) == 6, 10)  # READY (s=1), then s=2..6
+        await mgr.stop()
+        await task
+        second: list[Dispatch] = []
+        sid = gw.current_session_id
+        mgr = manager_for(gw, on_dispatch=second.append, resume_from=(sid, 3))
+        task = asyncio.create_task(mgr.run())
+        try:
+            await gw.wait_for(lambda: len(second) == 3, 10)
+            assert [d.seq for d in second] == [4, 5, 6]
+            assert gw.identifies == 1 and gw.resumes == 1
+            assert mgr.snapshot()["session_id"] == sid
+        finally:
+            await mgr.stop()
+            await task
