@@ -38,6 +38,7 @@ from qqconn import commands as cmd  # noqa: E402
 from qqconn import events as ev  # noqa: E402
 from qqconn.events import Timer  # noqa: E402
 from qqconn.machine import ConnectionMachine  # noqa: E402
+from qqconn.testing.events import dispatch_received, ready_received  # noqa: E402
 from tests import explore  # noqa: E402
 
 REPEATS = 7
@@ -52,7 +53,7 @@ def _live_machine() -> ConnectionMachine:
         ev.Started(0.0),
         ev.SocketOpened(1, 0.1),
         ev.HelloReceived(1, 0.2, HELLO_INTERVAL_MS),
-        ev.ReadyReceived(1, 0.3, "session", 0),
+        ready_received(1, 0.3, "session", 0),
     ):
         machine.handle(event)
     return machine
@@ -69,7 +70,7 @@ def _lifecycle_events(n: int, start: float) -> list[ev.Event]:
 
 
 def _dispatch_events(n: int, start: float, first_seq: int) -> list[ev.Event]:
-    return [ev.DispatchReceived(1, start + i * 1e-3, first_seq + i) for i in range(n)]
+    return [dispatch_received(1, start + i * 1e-3, first_seq + i) for i in range(n)]
 
 
 class Baseline:
@@ -84,6 +85,7 @@ class Baseline:
         self.beat_sent_at = 0.0
         self.last_frame_at = 0.0
         self.last_seq: int | None = 0
+        self.session_id = "session"
         self.acks = 0
         self.latency_s = 0.0
         self.now = 0.0
@@ -125,14 +127,14 @@ class Baseline:
         if event.attempt != self.attempt or not self.attempt_open:
             return []
         self.last_frame_at = event.at
-        seq = event.seq
+        seq = event.dispatch.seq
         if seq is None:
-            return [cmd.DeliverDispatch(None)]
+            return [cmd.DeliverDispatch(event.dispatch, self.session_id)]
         last = self.last_seq
         if last is not None and seq <= last:
             return [cmd.DropDispatch(seq, last)]
         self.last_seq = seq
-        return [cmd.DeliverDispatch(seq)]
+        return [cmd.DeliverDispatch(event.dispatch, self.session_id)]
 
 
 def _time_us(handle: Callable[[Any], list[cmd.Command]], events: list[ev.Event]) -> float:

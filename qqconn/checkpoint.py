@@ -83,6 +83,8 @@ SCHEMA_KEYS: frozenset[str] = frozenset(
 
 #: The state an earlier process ended in when it gave up (its session is not resumed).
 _FATAL_STATE = "fatal"
+#: An unreadable ``--output`` line is quoted in the verdict shortened to this many bytes.
+QUOTE_BYTES = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +199,7 @@ def judge_output(data: bytes, *, age_s: float, resume_window_s: float) -> Output
     """Judge the bytes of an ``--output`` file that was last written ``age_s`` seconds ago.
 
     Not resumable: empty; older than ``resume_window_s``; a complete line that is not JSON
-    (``why_not`` starts ``"unreadable line: "`` and quotes at most 80 bytes of it); a last
+    (``why_not`` starts ``"unreadable line: "`` and quotes at most QUOTE_BYTES of it); a last
     line without an integer ``s``; no READY line, or one naming no session.
     """
     complete = data[: data.rfind(b"\n") + 1]
@@ -217,7 +219,7 @@ def judge_output(data: bytes, *, age_s: float, resume_window_s: float) -> Output
         try:
             doc = json.loads(raw)
         except ValueError:
-            return no(f"unreadable line: {raw[:80].decode('utf-8', 'replace')}")
+            return no(f"unreadable line: {raw[:QUOTE_BYTES].decode('utf-8', 'replace')}")
         if last_seq is None:
             if not isinstance(doc, dict) or type(doc.get("s")) is not int:
                 return no("the last line has no integer s")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qqconn.endings import Ending
 from qqconn.events import Timer
+from qqconn.protocol import Dispatch
 
 __all__ = [
     "AnnounceState",
@@ -23,6 +25,7 @@ __all__ = [
     "SendIdentify",
     "SendResume",
     "StartTimer",
+    "WriteCheckpoint",
 ]
 
 
@@ -88,27 +91,39 @@ class CloseSocket:
 
 @dataclass(frozen=True, slots=True)
 class DeliverDispatch:
-    """Hand the dispatch with ``seq`` to the host (from the fast path; or, from a READY
-    transition, the READY frame being handled)."""
+    """Hand ``dispatch`` (READY included) to the host, in order with the others. When the
+    host is done with it, report :class:`~qqconn.events.DispatchHandled` with
+    ``session_id`` and ``dispatch.seq``."""
 
-    seq: int | None
+    dispatch: Dispatch
+    session_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class DropDispatch:
-    """Do not hand this dispatch to the host: the host already had ``seq``."""
+    """Do not hand this dispatch to the host: the host already had ``seq`` (``last_seq`` is
+    the highest ``s`` received). Count it; log it at DEBUG."""
 
     seq: int
     last_seq: int
 
 
 @dataclass(frozen=True, slots=True)
+class WriteCheckpoint:
+    """Rewrite the state file now (a new session was handled, or the resume checkpoint or the
+    connection's freshness moved and ``checkpoint_interval_s`` has passed since the last
+    write). No-op without a state file."""
+
+
+@dataclass(frozen=True, slots=True)
 class AnnounceState:
-    """The state changed: tell the host and rewrite the state file."""
+    """The state changed: tell the host and rewrite the state file. ``ending`` is the end of
+    a connection that caused the change, if one did."""
 
     state: str
     previous: str
     trigger: str
+    ending: Ending | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +150,7 @@ Command = (
     | CloseSocket
     | DeliverDispatch
     | DropDispatch
+    | WriteCheckpoint
     | AnnounceState
     | NotifyFatal
     | Finish

@@ -3,6 +3,10 @@
 ``at`` is a monotonic time in seconds supplied by the caller (the machine has no clock).
 ``attempt`` names the connection attempt (one per socket) an event belongs to; the machine
 drops events of attempts other than the current one, so nothing a dead socket says can act.
+Events report raw facts: what they mean (a close code's row of the table, an oversized frame,
+refused credentials) is decided by the machine and :mod:`qqconn.endings`, never by the driver.
+
+``qqconn.testing.events.one_of_each()`` builds one instance of every event type.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from qqconn.protocol import Dispatch
+
 __all__ = [
     "ConnectFailed",
+    "DispatchHandled",
     "DispatchReceived",
     "Event",
     "FrameRejected",
@@ -62,10 +69,11 @@ class ConnectFailed:
 
     attempt: int
     at: float
+    #: ``token``, ``gateway`` or ``handshake``
     stage: str
     detail: str
     #: The credentials were refused (the token endpoint said so): judged like close 4004.
-    auth: bool = False
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +95,14 @@ class HelloReceived:
 
 @dataclass(frozen=True, slots=True)
 class ReadyReceived:
-    """READY arrived: a new session."""
+    """READY arrived: a new session. ``dispatch`` is the READY frame itself (type ``READY``,
+    its data and event id), handed to the host if the machine adopts the session."""
 
     attempt: int
     at: float
     session_id: str
     seq: int | None
+    dispatch: Dispatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +116,25 @@ class ResumedReceived:
 
 @dataclass(frozen=True, slots=True)
 class DispatchReceived:
-    """A dispatch (op 0) arrived with sequence number ``seq`` (None: the frame had no usable s)."""
+    """A dispatch (op 0) arrived; its sequence number is ``dispatch.seq`` (None: the frame had
+    no usable ``s``)."""
 
     attempt: int
     at: float
+    dispatch: Dispatch
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchHandled:
+    """The host is done with a dispatch it was handed (its callback returned or raised).
+
+    ``session_id`` is the one :class:`~qqconn.commands.DeliverDispatch` named; ``seq`` the
+    dispatch's. The machine keeps the resume checkpoint from these reports; a report for a
+    session it no longer holds changes nothing. No ``attempt``: the host lane outlives sockets.
+    """
+
+    at: float
+    session_id: str | None
     seq: int | None
 
 
@@ -174,12 +199,15 @@ class FrameRejected:
 
 @dataclass(frozen=True, slots=True)
 class SocketClosed:
-    """The socket ended. ``code`` is None when no close frame was received (1006, reset, EOF)."""
+    """The socket ended. ``code`` is the close code received, None when no close frame was
+    (1006, reset, EOF). ``sent_code`` is the close code the client's own WebSocket sent, if
+    it closed first (websockets sends 1009 for a frame above ``max_frame_bytes``)."""
 
     attempt: int
     at: float
     code: int | None
     reason: str = ""
+    sent_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +228,7 @@ Event = (
     | ReadyReceived
     | ResumedReceived
     | DispatchReceived
+    | DispatchHandled
     | HeartbeatAcked
     | HeartbeatRequested
     | HeartbeatSent

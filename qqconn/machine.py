@@ -5,9 +5,12 @@ Theory of operation
 
 Rule 1: everything that decides what a connection does lives in this module. The driver
 observes sockets and timers, feeds the facts in as :mod:`~qqconn.events`, and carries out the
-:mod:`~qqconn.commands` that come back. Nothing else decides.
+:mod:`~qqconn.commands` that come back. Nothing else decides. There is one door:
+:meth:`ConnectionMachine.handle`. Everything the host or a restart needs crosses it as an event
+or a command: a delivered dispatch carries its payload, the host reports what it finished with,
+a restored session is a constructor argument (``restored=``) and can enter no other way.
 
-The states (behaviour.md)::
+The states (docs/behaviour.md)::
 
     CONNECTING     token, gateway URL, WebSocket, waiting for Hello
     IDENTIFIED     Hello seen, Identify/Resume sent, heartbeats running, waiting for READY/RESUMED
@@ -28,16 +31,38 @@ The two counters, and exactly when they move:
   failure, handshake failure, a socket that closed early, no READY in time). Only READY or
   RESUMED reset it. Close 4008 consumes an attempt even from ALIVE.
 
-Why QUICK_DROPPED is a state of its own: it is the one place the quick-drop guard is asked, so
+Why QUICK_DROPPED is a state of its own: it is the one place the quick-drop limit is asked, so
 the diagram shows the rule (``QUICK_DROPPED -> FATAL [quick_drops_exhausted]``) instead of hiding
 it in a branch. BACKOFF likewise asks ``attempts_exhausted`` on entry, before any wait: a spent
 budget ends at once, never after a pointless sleep. Both run through the ``assess`` trigger,
 which the machine queues on entering those states.
 
-How a connection ends: every way (a close frame, a drop, a connect failure, op 9, a zombie,
-a stale socket, failed heartbeat sends, no READY in time, op 7) becomes one ``connection_ended``
-trigger carrying an :class:`~qqconn.policy.Ending` that says what the close-code table implies.
-Three guarded rows then choose FATAL, QUICK_DROPPED or BACKOFF.
+How a connection ends. Every way is first an *observation* (:mod:`qqconn.endings`), and one
+pure function, :func:`~qqconn.endings.classify`, says what it implies as an
+:class:`~qqconn.endings.Ending` (session kept or forgotten, which delay, quick or not, fatal or
+not, and its :class:`~qqconn.endings.EndingKind`). Two kinds of row end a connection:
+
+* ends the driver reports (a close with the code received and the one qqconn sent, a connect
+  failure by stage with ``refused``, op 9) are classified as they come in and fire
+  ``connection_ended``, whose three rows choose FATAL ``[ending_is_fatal]``, QUICK_DROPPED
+  ``[is_quick_drop]`` or BACKOFF;
+* ends the machine detects itself are rows of their own trigger that lead straight to where
+  the end goes, so the statechart shows them: ``heartbeat_due [ack_overdue]`` (zombie, rule 5),
+  ``heartbeat_due [frames_stale]`` (stale, rule 6), ``ack_due [ack_overdue]``,
+  ``heartbeat_failed [send_failures_exhausted]`` (rule 7), ``attempt_deadline_passed``
+  (rule 2) go to QUICK_DROPPED when the ending ``[is_quick_drop]``, else BACKOFF;
+  ``reconnect_requested`` (op 7, never a quick drop) goes to BACKOFF. Such a row names its observation (``observe=``, a
+  ``transitions`` *prepare* callback run before the guards): ``observe_zombie``,
+  ``observe_stale``, ``observe_send_failures``, ``observe_deadline``, ``observe_op7``. It
+  classifies the observation into the event's ``ending``, which the guards and actions read
+  as they read a reported one. None of these ends is ever fatal by itself, so they have no
+  FATAL row (the exploration proves every row they have fires). The ordinary heartbeat is the
+  first ``heartbeat_due`` row, ``unless=[ack_overdue, frames_stale]``: one row to try on the
+  path taken every interval.
+
+Whatever ended, ``count_ending`` applies the counter rules and :func:`~qqconn.endings.next_delay`
+(the one delay ladder) decides the wait in BACKOFF. ``AnnounceState`` carries the ending that
+caused a state change (for ``assess``, the ending it assessed).
 
 Attempts are epochs: each socket belongs to one attempt number, and an event of an attempt that
 is not the current, open one is dropped (``qqconn.stale_event``) before the table sees it. A
@@ -47,9 +72,41 @@ Every (state, trigger) pair has rows ending in an unguarded one, so no trigger e
 returns False; pairs that mean nothing get an explicit ``ignore`` row, and a protocol oddity an
 ``ignore_unexpected`` row that logs a warning. ``tests/test_exploration.py`` checks all of this.
 
-Dispatches are the one event that does not go through ``transitions``: there may be thousands a
-second, they never change the state, and the only decision (deliver, or drop an ``s`` the host
-already had) is :meth:`ConnectionMachine._on_dispatch`, below, in this module.
+Two rows outside the table
+==========================
+
+Two events never change the state and may come thousands of times a second, so they do not go
+through ``transitions``. They are rows of the machine all the same, decided here and tested
+like the others (``tests/test_machine.py``); :meth:`~ConnectionMachine.handle` takes them like
+any event, and a driver may call the methods directly to skip allocating the event:
+
+``DispatchReceived`` → :meth:`~ConnectionMachine.handle_dispatch`
+    stale attempt (or no socket opened): nothing. An ``s`` at or below the last one received:
+    ``DropDispatch(seq, last_seq)`` (a replay the host already had). Otherwise
+    ``DeliverDispatch(dispatch, session_id)`` and, with an ``s``, it becomes the last one
+    received (what heartbeats and Resume carry). A dispatch without ``s`` is delivered and
+    changes nothing. READY is delivered by its table row (``adopt_session``), only when adopted.
+
+``DispatchHandled`` → :meth:`~ConnectionMachine.handle_dispatch_handled`
+    the host lane finished with a dispatch it was given. For the session the machine holds,
+    the resume checkpoint moves (a new session: it becomes the checkpoint's session; the same
+    one: its ``s`` only goes up), and ``WriteCheckpoint`` follows for a new session, or when
+    ``checkpoint_interval_s`` has passed since the last write; in FATAL and STOPPED the
+    checkpoint moves silently (the driver writes it on its way out). A report for another
+    session (one the machine forgot) changes nothing.
+
+The resume checkpoint
+=====================
+
+A restarted process must resume from what the host *finished* with, never from what was merely
+received, so the checkpoint (:attr:`~ConnectionMachine.checkpoint`, and ``session_id`` /
+``last_seq`` of :meth:`~ConnectionMachine.snapshot_fields`) is kept apart from the session the
+machine holds: it is the restored session, or the session whose READY the host reported
+handled, with the last ``s`` reported. Forgetting the session clears it at once, so a snapshot
+that says ``alive`` never names a forgotten session (between a new READY and the host's report
+of it, the snapshot names none). ``WriteCheckpoint`` is also emitted for an acknowledged
+heartbeat, at most once per ``checkpoint_interval_s``, which keeps a quiet connection's state
+file fresh; every ``AnnounceState`` implies a rewrite and restarts that interval.
 """
 
 from __future__ import annotations
@@ -66,11 +123,39 @@ from transitions import Machine
 from qqconn import commands as cmd
 from qqconn import events as ev
 from qqconn._log import QuietLogger
-from qqconn.errors import LocalProtocolError
+from qqconn.checkpoint import Resumable
+from qqconn.endings import (
+    REASON_CHARS,
+    RECONNECT_CLOSE_CODE,
+    Closed,
+    ConnectFailure,
+    DeadlinePassed,
+    Delay,
+    Ending,
+    EndingKind,
+    Observation,
+    Op7,
+    Op9,
+    SendFailures,
+    Session,
+    Stale,
+    Zombie,
+    classify,
+    next_delay,
+)
+from qqconn.errors import ConfigError, LocalProtocolError
 from qqconn.events import Timer
-from qqconn.policy import Delay, Ending, Policy, Session, backoff_delay, classify_close
+from qqconn.policy import Policy
+from qqconn.protocol import Dispatch
 
-__all__ = ["TRANSITIONS", "ConnectionMachine", "DispatchVerdict", "Fatal", "State", "build_rows"]
+__all__ = [
+    "RECONNECT_CLOSE_CODE",
+    "TRANSITIONS",
+    "ConnectionMachine",
+    "Fatal",
+    "State",
+    "build_rows",
+]
 
 
 class State(enum.Enum):
@@ -96,10 +181,6 @@ S = State
 LIVE = [S.CONNECTING, S.IDENTIFIED, S.ALIVE]  # a socket (or an attempt at one) exists
 SOCKET_UP = [S.IDENTIFIED, S.ALIVE]  # Hello seen, heartbeats running
 NOT_TERMINAL = [S.CONNECTING, S.IDENTIFIED, S.ALIVE, S.QUICK_DROPPED, S.BACKOFF]
-
-#: Zombie and stale closes must not be 1000/1001 (those would end the session on Discord-like
-#: gateways); 4000 is in the private range and leaves the session resumable.
-RECONNECT_CLOSE_CODE = 4000
 
 TRIGGERS = (
     "start",
@@ -128,15 +209,24 @@ def _row(
     source: State | list[State],
     dest: State | None,
     *,
-    when: str | None = None,
+    when: str | list[str] | None = None,
+    unless: list[str] | None = None,
+    observe: str | None = None,
     before: str | None = None,
     then: str | None = None,
 ) -> dict[str, Any]:
-    """One row: on ``trigger`` in ``source``, if guard ``when`` holds, go to ``dest`` (None:
-    stay, an internal transition) running ``before`` ahead of the change and ``then`` after it."""
+    """One row: on ``trigger`` in ``source``, if guard(s) ``when`` hold (and none of
+    ``unless``), go to ``dest`` (None: stay, an internal transition) running ``before`` ahead
+    of the change and ``then`` after it. ``observe`` names what ends the connection on this
+    row: it runs before the guards and leaves the classified :class:`~qqconn.endings.Ending`
+    in the event's ``ending`` for them (and the actions) to read."""
     row: dict[str, Any] = {"trigger": trigger, "source": source, "dest": dest}
     if when is not None:
         row["conditions"] = when
+    if unless is not None:
+        row["unless"] = unless
+    if observe is not None:
+        row["prepare"] = observe
     if before is not None:
         row["before"] = before
     if then is not None:
@@ -144,7 +234,21 @@ def _row(
     return row
 
 
-# The table. Rows of one (source, trigger) are tried in order; the first whose guard holds
+def _ends(
+    trigger: str,
+    source: State | list[State],
+    dest: State,
+    *,
+    when: str | list[str] | None = None,
+    observe: str | None = None,
+) -> dict[str, Any]:
+    """A row that ends the connection and goes to ``dest`` (FATAL, QUICK_DROPPED or BACKOFF):
+    into FATAL it records why; elsewhere it applies the counter rules (``count_ending``)."""
+    action = "record_fatal_ending" if dest is S.FATAL else "count_ending"
+    return _row(trigger, source, dest, when=when, observe=observe, before=action)
+
+
+# The table. Rows of one (source, trigger) are tried in order; the first whose guards hold
 # fires. Guards are questions; actions only record facts and emit commands.
 # fmt: off
 TRANSITIONS: list[dict[str, Any]] = [
@@ -156,27 +260,31 @@ TRANSITIONS: list[dict[str, Any]] = [
     # -- IDENTIFIED -------------------------------------------------------------------------------
     _row("ready", S.IDENTIFIED, S.ALIVE, before="adopt_session"),
     _row("resumed", S.IDENTIFIED, S.ALIVE, when="awaits_resumed", before="keep_session"),
-    _row("attempt_deadline_passed", [S.CONNECTING, S.IDENTIFIED], None, then="end_deadline"),
-    # -- heartbeats, while a socket is up (IDENTIFIED, ALIVE) --------------------------------------
-    _row("heartbeat_due", SOCKET_UP, None, when="ack_overdue", then="end_zombie"),
-    _row("heartbeat_due", SOCKET_UP, None, when="frames_stale", then="end_stale"),
-    _row("heartbeat_due", SOCKET_UP, None, then="beat"),
-    _row("ack_due", SOCKET_UP, None, when="ack_overdue", then="end_zombie"),
+    # -- no READY/RESUMED in time (rule 2) ---------------------------------------------------------
+    _ends("attempt_deadline_passed", [S.CONNECTING, S.IDENTIFIED], S.QUICK_DROPPED, when="is_quick_drop", observe="observe_deadline"),
+    _ends("attempt_deadline_passed", [S.CONNECTING, S.IDENTIFIED], S.BACKOFF, observe="observe_deadline"),
+    # -- heartbeats, while a socket is up (IDENTIFIED, ALIVE): rules 4-7 ----------------------------
+    _row("heartbeat_due", SOCKET_UP, None, unless=["ack_overdue", "frames_stale"], then="beat"),
+    _ends("heartbeat_due", SOCKET_UP, S.QUICK_DROPPED, when=["ack_overdue", "is_quick_drop"], observe="observe_zombie"),
+    _ends("heartbeat_due", SOCKET_UP, S.BACKOFF, when="ack_overdue", observe="observe_zombie"),
+    _ends("heartbeat_due", SOCKET_UP, S.QUICK_DROPPED, when=["frames_stale", "is_quick_drop"], observe="observe_stale"),
+    _ends("heartbeat_due", SOCKET_UP, S.BACKOFF, when="frames_stale", observe="observe_stale"),
+    _ends("ack_due", SOCKET_UP, S.QUICK_DROPPED, when=["ack_overdue", "is_quick_drop"], observe="observe_zombie"),
+    _ends("ack_due", SOCKET_UP, S.BACKOFF, when="ack_overdue", observe="observe_zombie"),
     _row("heartbeat_acked", SOCKET_UP, None, then="note_ack"),
     _row("heartbeat_requested", SOCKET_UP, None, then="beat_now"),
     _row("heartbeat_sent", SOCKET_UP, None, then="note_beat_sent"),
-    _row("heartbeat_failed", SOCKET_UP, None, when="send_failures_exhausted", then="end_send_failures"),
+    _ends("heartbeat_failed", SOCKET_UP, S.QUICK_DROPPED, when=["send_failures_exhausted", "is_quick_drop"], observe="observe_send_failures"),
+    _ends("heartbeat_failed", SOCKET_UP, S.BACKOFF, when="send_failures_exhausted", observe="observe_send_failures"),
     _row("heartbeat_failed", SOCKET_UP, None, then="note_beat_failed"),
-    # -- op 7 -------------------------------------------------------------------------------------
-    _row("reconnect_requested", S.ALIVE, None, when="is_young", then="end_op7_young"),
-    _row("reconnect_requested", S.ALIVE, None, then="end_op7"),
-    _row("reconnect_requested", [S.CONNECTING, S.IDENTIFIED], None, then="end_op7_early"),
+    # -- op 7: never a quick drop, never fatal by itself ------------------------------------------
+    _ends("reconnect_requested", LIVE, S.BACKOFF, observe="observe_op7"),
     # -- frames qqconn could not use --------------------------------------------------------------
     _row("frame_rejected", LIVE, None, then="note_rejected"),
-    # -- the end of a connection, however it came -------------------------------------------------
-    _row("connection_ended", LIVE, S.FATAL, when="ending_is_fatal", before="record_fatal_ending"),
-    _row("connection_ended", LIVE, S.QUICK_DROPPED, when="is_quick_drop", before="count_ending"),
-    _row("connection_ended", LIVE, S.BACKOFF, before="count_ending"),
+    # -- an end the driver reported (close, connect failure, op 9), already classified -----------
+    _ends("connection_ended", LIVE, S.FATAL, when="ending_is_fatal"),
+    _ends("connection_ended", LIVE, S.QUICK_DROPPED, when="is_quick_drop"),
+    _ends("connection_ended", LIVE, S.BACKOFF),
     # -- QUICK_DROPPED ----------------------------------------------------------------------------
     _row("assess", S.QUICK_DROPPED, S.FATAL, when="quick_drops_exhausted", before="record_quick_fatal"),
     _row("assess", S.QUICK_DROPPED, S.BACKOFF),
@@ -209,7 +317,8 @@ STATES: list[dict[str, Any]] = [
 def _has_catch_all(rows: list[dict[str, Any]], state: State, trigger: str) -> bool:
     for row in rows:
         sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
-        if row["trigger"] == trigger and state in sources and "conditions" not in row:
+        guarded = "conditions" in row or "unless" in row
+        if row["trigger"] == trigger and state in sources and not guarded:
             return True
     return False
 
@@ -223,14 +332,6 @@ def build_rows() -> list[dict[str, Any]]:
             if not _has_catch_all(rows, state, trigger):
                 rows.append({"trigger": trigger, "source": state, "dest": None, "after": "ignore"})
     return rows
-
-
-class DispatchVerdict(enum.Enum):
-    """What becomes of one dispatch (see :meth:`ConnectionMachine.accept_dispatch`)."""
-
-    DELIVER = "deliver"
-    REPLAYED = "replayed"
-    STALE = "stale"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,14 +357,48 @@ _INBOUND = (
 #: Events only an opened socket can produce.
 _FROM_SOCKET = (*_INBOUND, ev.SocketClosed, ev.HeartbeatSent, ev.HeartbeatSendFailed)
 
+#: Expected ends (the server asked for them) are logged at INFO, the others at WARNING.
+_EXPECTED_DELAYS = (Delay.NOW, Delay.ROTATION)
+
+_NEVER = float("-inf")
+
+#: Monotonic clocks are floats: a socket opened at 12345.678 and ended 5.00 s later may
+#: subtract to 4.9999999999. This much grace keeps "5.00 s is not quick" true.
+QUICK_GRACE_S = 5e-7
+#: Details the driver reports (a send error, a rejected frame) are logged shortened to this.
+DETAIL_CHARS = 200
+#: A raw Hello interval that was replaced is logged shortened to this (it may be anything).
+RAW_VALUE_CHARS = 40
+
+
+def _check_restored(restored: object) -> Resumable | None:
+    if restored is None:
+        return None
+    if (
+        not isinstance(restored, Resumable)
+        or not isinstance(restored.session_id, str)
+        or not restored.session_id
+        or not (
+            restored.last_seq is None or (type(restored.last_seq) is int and restored.last_seq >= 0)
+        )
+    ):
+        raise ConfigError(
+            "restored", f"must be a Resumable(session_id, last_seq), got {restored!r}"
+        )
+    return restored
+
 
 class ConnectionMachine:
     """The sans-I/O connection machine. Feed it events with :meth:`handle`; do what it returns.
 
     The caller's obligations: stamp every event with a monotonic time; call :meth:`handle`
     from one thread, one event at a time; carry out every returned command in order; report
-    the outcome of OpenSocket and SendHeartbeat as events. ``rng`` decides jitter (inject a
-    seeded one in tests); secrets never enter the machine.
+    the outcome of OpenSocket and SendHeartbeat as events, and report DispatchHandled for
+    every DeliverDispatch once the host is done with it. ``rng`` decides jitter (inject a
+    seeded one in tests); secrets never enter the machine. ``restored`` is a session an
+    earlier process saved (:func:`qqconn.checkpoint.judge_resume`): the first attempt
+    Resumes it. It can only be given here: a running machine never adopts a session it was
+    not told by the server.
     """
 
     # Set by transitions.Machine on the model.
@@ -276,14 +411,20 @@ class ConnectionMachine:
         *,
         rng: random.Random | None = None,
         logger: Any = None,
+        restored: Resumable | None = None,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self._rng = rng if rng is not None else random.Random()
         self._log = QuietLogger(logger if logger is not None else structlog.get_logger("qqconn"))
-        # The session.
-        self.session_id: str | None = None
-        self.last_seq: int | None = None
-        # The counters of behaviour.md.
+        restored = _check_restored(restored)
+        # The session, and the last s received on it (what Resume and heartbeats carry).
+        self._session_id: str | None = restored.session_id if restored else None
+        self._last_seq: int | None = restored.last_seq if restored else None
+        # The resume checkpoint: the session and the last s the host finished with.
+        self._handled_session: str | None = self._session_id
+        self._handled_seq: int | None = self._last_seq
+        self._checkpoint_at = _NEVER
+        # The counters of docs/behaviour.md.
         self.quick_drops = 0
         self.failed_attempts = 0
         self.resume_failures = 0
@@ -320,6 +461,8 @@ class ConnectionMachine:
             queued=True,
             after_state_change="announce",
         )
+        if restored is not None:
+            self._log.info("qqconn.session_restored", last_seq=restored.last_seq)
 
     # -- the one entry point ---------------------------------------------------------------
 
@@ -329,9 +472,15 @@ class ConnectionMachine:
         Raises :class:`LocalProtocolError` (state unchanged) for host misuse, such as starting
         twice. Events of an attempt that is not the current open one are dropped.
         """
+        if type(event) is ev.DispatchReceived:
+            command: cmd.Command | None = self.handle_dispatch(
+                event.attempt, event.at, event.dispatch
+            )
+            return [] if command is None else [command]
+        if type(event) is ev.DispatchHandled:
+            command = self.handle_dispatch_handled(event.at, event.session_id, event.seq)
+            return [] if command is None else [command]
         self.now = event.at
-        if isinstance(event, ev.DispatchReceived):
-            return self._on_dispatch(event)
         if not self._is_current(event):
             self._log.debug("qqconn.stale_event", kind=type(event).__name__, state=self.state.name)
             return []
@@ -357,7 +506,8 @@ class ConnectionMachine:
         return self.attempt_open
 
     def _route(self, event: ev.Event) -> tuple[str, dict[str, Any]]:
-        """Name the trigger an event fires. Endings are classified by policy, not decided here."""
+        """Name the trigger an event fires. An end the driver reports is classified here, by
+        :func:`qqconn.endings.classify`; the table decides what follows."""
         match event:
             case ev.Started():
                 return "start", {}
@@ -367,8 +517,8 @@ class ConnectionMachine:
                 return "socket_opened", {}
             case ev.HelloReceived(interval_ms=raw):
                 return "hello", {"interval_ms": raw}
-            case ev.ReadyReceived(session_id=sid, seq=seq):
-                return "ready", {"session_id": sid, "seq": seq}
+            case ev.ReadyReceived(session_id=sid, seq=seq, dispatch=dispatch):
+                return "ready", {"session_id": sid, "seq": seq, "dispatch": dispatch}
             case ev.ResumedReceived(seq=seq):
                 return "resumed", {"seq": seq}
             case ev.HeartbeatAcked():
@@ -383,17 +533,13 @@ class ConnectionMachine:
                 return "reconnect_requested", {}
             case ev.FrameRejected(detail=detail):
                 return "frame_rejected", {"detail": detail}
-            case ev.SocketClosed(code=code, reason=reason):
-                return "connection_ended", {"ending": classify_close(code, reason)}
-            case ev.ConnectFailed(stage=stage, detail=detail, auth=auth):
-                ending = Ending(f"{stage} failed: {detail}", before_socket=True, auth_failure=auth)
+            case ev.SocketClosed(code=code, reason=reason, sent_code=sent):
+                return "connection_ended", {"ending": classify(Closed(code, reason, sent))}
+            case ev.ConnectFailed(stage=stage, detail=detail, refused=refused):
+                ending = classify(ConnectFailure(stage, detail, refused))
                 return "connection_ended", {"ending": ending}
-            case ev.InvalidSessionReceived(resumable=True):
-                ending = Ending("op 9 invalid session (resumable)", delay=Delay.INVALID_SESSION)
-                return "connection_ended", {"ending": ending}
-            case ev.InvalidSessionReceived():
-                ending = Ending("op 9 invalid session", session=Session.FORGET)
-                return "connection_ended", {"ending": ending}
+            case ev.InvalidSessionReceived(resumable=resumable):
+                return "connection_ended", {"ending": classify(Op9(resumable))}
             case ev.TimerFired(timer=Timer.HEARTBEAT):
                 return "heartbeat_due", {}
             case ev.TimerFired(timer=Timer.ACK_DEADLINE):
@@ -404,34 +550,56 @@ class ConnectionMachine:
                 return "attempt_deadline_passed", {}
         raise TypeError(f"not a qqconn event: {event!r}")  # pragma: no cover
 
-    # -- dispatch fast path ------------------------------------------------------------------
+    # -- the two rows outside the table: dispatches and what the host finished with -----------
 
-    def _on_dispatch(self, event: ev.DispatchReceived) -> list[cmd.Command]:
-        verdict = self.accept_dispatch(event.attempt, event.at, event.seq)
-        if verdict is DispatchVerdict.DELIVER:
-            return [cmd.DeliverDispatch(event.seq)]
-        if verdict is DispatchVerdict.REPLAYED:
-            assert event.seq is not None and self.last_seq is not None
-            return [cmd.DropDispatch(event.seq, self.last_seq)]
-        return []
+    def handle_dispatch(
+        self, attempt: int, at: float, dispatch: Dispatch
+    ) -> cmd.DeliverDispatch | cmd.DropDispatch | None:
+        """What :meth:`handle` does for ``DispatchReceived(attempt, at, dispatch)``, without
+        allocating the event or a list: for a driver reading thousands of events a second.
 
-    def accept_dispatch(self, attempt: int, at: float, seq: int | None) -> DispatchVerdict:
-        """The dispatch decision without allocating: what :meth:`handle` does for a
-        DispatchReceived, for a driver that reads thousands of events a second.
-
-        DELIVER: hand it to the host (``seq`` None: the frame had no usable ``s``; delivered,
-        not tracked). REPLAYED: the host already had ``seq``. STALE: the attempt is over.
+        DeliverDispatch: hand it to the host (``dispatch.seq`` None: no usable ``s``; delivered,
+        not tracked). DropDispatch: the host already had that ``s``. None: the attempt is over.
         """
+        self.now = at
         if attempt != self.attempt or not self.attempt_open or self.opened_at is None:
-            return DispatchVerdict.STALE
+            return None
         self.last_frame_at = at
-        if seq is None:
-            return DispatchVerdict.DELIVER
-        last = self.last_seq
-        if last is not None and seq <= last:
-            return DispatchVerdict.REPLAYED
-        self.last_seq = seq
-        return DispatchVerdict.DELIVER
+        seq = dispatch.seq
+        if seq is not None:
+            last = self._last_seq
+            if last is not None and seq <= last:
+                return cmd.DropDispatch(seq, last)
+            self._last_seq = seq
+        return cmd.DeliverDispatch(dispatch, self._session_id)
+
+    def handle_dispatch_handled(
+        self, at: float, session_id: str | None, seq: int | None
+    ) -> cmd.WriteCheckpoint | None:
+        """What :meth:`handle` does for ``DispatchHandled(at, session_id, seq)``.
+
+        The report moves the resume checkpoint if ``session_id`` is the session the machine
+        holds (a report for a forgotten session changes nothing). WriteCheckpoint: a new
+        session was handled, or ``checkpoint_interval_s`` passed since the last write. In
+        FATAL and STOPPED the checkpoint still moves (the driver writes it on its way out),
+        but nothing is emitted.
+        """
+        self.now = at
+        if session_id is None or session_id != self._session_id:
+            return None
+        if session_id != self._handled_session:
+            self._handled_session, self._handled_seq = session_id, seq
+            new = True
+        else:
+            if seq is not None and (self._handled_seq is None or seq > self._handled_seq):
+                self._handled_seq = seq
+            new = False
+        if self.state is S.FATAL or self.state is S.STOPPED:
+            return None
+        if new or at - self._checkpoint_at >= self.policy.checkpoint_interval_s:
+            self._checkpoint_at = at
+            return cmd.WriteCheckpoint()
+        return None
 
     # -- guards ----------------------------------------------------------------------------
 
@@ -442,11 +610,6 @@ class ConnectionMachine:
     def awaits_resumed(self, _: Any) -> bool:
         """Did this attempt send Resume, so that RESUMED answers it?"""
         return self.sent_resume
-
-    def is_young(self, _: Any) -> bool:
-        """Has the socket been open for less than quick_disconnect_threshold_s?"""
-        assert self.opened_at is not None
-        return self._lived_less_than_threshold()
 
     def ack_overdue(self, _: Any) -> bool:
         """Was the last heartbeat never acknowledged?"""
@@ -463,23 +626,23 @@ class ConnectionMachine:
         return self.send_failures + 1 >= self.policy.max_heartbeat_send_failures
 
     def ending_is_fatal(self, event: Any) -> bool:
-        """Does this ending go straight to FATAL (a fatal code, or a second 4004 before READY)?"""
+        """Does this ending go straight to FATAL (a fatal code, or credentials refused again
+        before READY/RESUMED after a token refresh)?"""
         ending: Ending = event.kwargs["ending"]
         return ending.fatal or (ending.auth_failure and self.auth_failures >= 1)
 
     def is_quick_drop(self, event: Any) -> bool:
-        """Did a socket open and the connection end less than the threshold later?"""
+        """Does this ending count as quick, its socket having opened less than
+        quick_disconnect_threshold_s ago?"""
         ending: Ending = event.kwargs["ending"]
         if not ending.counts_as_quick or self.opened_at is None:
             return False
         return self._lived_less_than_threshold()
 
     def _lived_less_than_threshold(self) -> bool:
-        # Monotonic clocks are floats: opened at 12345.678, ended 5.00 s later may subtract to
-        # 4.9999999999. Half a microsecond of grace keeps "5.00 s is not quick" true.
         assert self.opened_at is not None
         lived = self.now - self.opened_at
-        return lived + 5e-7 < self.policy.quick_disconnect_threshold_s
+        return lived + QUICK_GRACE_S < self.policy.quick_disconnect_threshold_s
 
     def quick_drops_exhausted(self, _: Any) -> bool:
         """Have max_quick_disconnects quick drops happened in a row?"""
@@ -488,6 +651,30 @@ class ConnectionMachine:
     def attempts_exhausted(self, _: Any) -> bool:
         """Have max_reconnect_attempts attempts failed in a row?"""
         return self.failed_attempts >= self.policy.max_reconnect_attempts
+
+    # -- observing what ends a connection (run before a row's guards) ----------------------------
+
+    def _observe(self, event: Any, observation: Observation) -> None:
+        event.kwargs["ending"] = classify(observation)
+
+    def observe_zombie(self, event: Any) -> None:
+        self._observe(event, Zombie())
+
+    def observe_stale(self, event: Any) -> None:
+        assert self.heartbeat_interval_s is not None
+        self._observe(event, Stale(self.policy.stale_after_intervals * self.heartbeat_interval_s))
+
+    def observe_send_failures(self, event: Any) -> None:
+        self._observe(event, SendFailures(self.send_failures + 1))
+
+    def observe_deadline(self, event: Any) -> None:
+        timeout = self.policy.connect_timeout_s
+        self._observe(event, DeadlinePassed(timeout, before_socket=self.opened_at is None))
+
+    def observe_op7(self, event: Any) -> None:
+        # Frames only arrive on an opened socket, so opened_at is set here.
+        young = self._lived_less_than_threshold()
+        self._observe(event, Op7(reached_session=self.reached_session, young=young))
 
     # -- actions: attempts -----------------------------------------------------------------
 
@@ -516,28 +703,31 @@ class ConnectionMachine:
         interval, defaulted = self.policy.heartbeat_interval(raw)
         if defaulted:
             self._log.warning(
-                "qqconn.hello_interval_replaced", received=repr(raw)[:40], used_s=interval
+                "qqconn.hello_interval_replaced",
+                received=repr(raw)[:RAW_VALUE_CHARS],
+                used_s=interval,
             )
         self.heartbeat_interval_s = interval
         self._out.append(cmd.StartTimer(Timer.HEARTBEAT, interval, self.attempt))
-        if self.session_id is not None:
+        if self._session_id is not None:
             self.sent_resume = True
-            self._out.append(cmd.SendResume(self.attempt, self.session_id, self.last_seq))
+            self._out.append(cmd.SendResume(self.attempt, self._session_id, self._last_seq))
         else:
             self._out.append(cmd.SendIdentify(self.attempt))
 
     def adopt_session(self, event: Any) -> None:
-        self.session_id = event.kwargs["session_id"]
-        self.last_seq = event.kwargs["seq"]
+        self._session_id = event.kwargs["session_id"]
+        self._last_seq = event.kwargs["seq"]
         self._session_reached()
         # READY is an event too (adapters read the bot's user from it); only an adopted one
-        # reaches the host: a READY the machine ignores must not become the resume checkpoint.
-        self._out.append(cmd.DeliverDispatch(self.last_seq))
+        # reaches the host. The checkpoint names the new session once the host reports it
+        # handled READY (DispatchHandled), never before.
+        self._out.append(cmd.DeliverDispatch(event.kwargs["dispatch"], self._session_id))
 
     def keep_session(self, event: Any) -> None:
         seq = event.kwargs["seq"]
-        if seq is not None and (self.last_seq is None or seq > self.last_seq):
-            self.last_seq = seq
+        if seq is not None and (self._last_seq is None or seq > self._last_seq):
+            self._last_seq = seq
         self._session_reached()
 
     def _session_reached(self) -> None:
@@ -558,7 +748,7 @@ class ConnectionMachine:
         assert self.heartbeat_interval_s is not None
         self.awaiting_ack = True
         self.beat_sent_at = self.now
-        self._out.append(cmd.SendHeartbeat(self.attempt, self.last_seq))
+        self._out.append(cmd.SendHeartbeat(self.attempt, self._last_seq))
         deadline = self.heartbeat_interval_s * self.policy.heartbeat_ack_timeout_ratio
         self._out.append(cmd.StartTimer(Timer.ACK_DEADLINE, deadline, self.attempt))
 
@@ -571,11 +761,16 @@ class ConnectionMachine:
         assert self.beat_sent_at is not None
         self.last_ack_latency_s = self.now - self.beat_sent_at
         self._out.append(cmd.CancelTimer(Timer.ACK_DEADLINE))
+        # An acknowledged heartbeat keeps the state file's updated_at fresh on a quiet
+        # connection, at most once per checkpoint_interval_s.
+        if self.now - self._checkpoint_at >= self.policy.checkpoint_interval_s:
+            self._checkpoint_at = self.now
+            self._out.append(cmd.WriteCheckpoint())
         if self.acks % self.policy.heartbeat_log_every == 0:
             self._log.info(
                 "qqconn.heartbeat",
                 acked=self.acks,
-                last_seq=self.last_seq,
+                last_seq=self._last_seq,
                 latency_ms=round(self.last_ack_latency_s * 1000, 1),
                 state=self.state.name,
             )
@@ -592,72 +787,32 @@ class ConnectionMachine:
         self._log.warning(
             "qqconn.heartbeat_send_failed",
             failures=self.send_failures,
-            detail=str(event.kwargs.get("detail", ""))[:200],
+            detail=str(event.kwargs.get("detail", ""))[:DETAIL_CHARS],
         )
 
     def note_rejected(self, event: Any) -> None:
         # The driver logged the frame (shortened); the machine records that it was ignored.
-        self._log.debug("qqconn.frame_ignored", detail=str(event.kwargs.get("detail", ""))[:200])
+        detail = str(event.kwargs.get("detail", ""))[:DETAIL_CHARS]
+        self._log.debug("qqconn.frame_ignored", detail=detail)
 
-    # -- actions: deciding that a connection is over ----------------------------------------
-
-    def _end(self, ending: Ending) -> None:
-        self.trigger("connection_ended", ending=ending)
-
-    def end_zombie(self, _: Any) -> None:
-        self._end(Ending("zombie: heartbeat not acknowledged", RECONNECT_CLOSE_CODE))
-
-    def end_stale(self, _: Any) -> None:
-        assert self.heartbeat_interval_s is not None
-        silent = self.policy.stale_after_intervals * self.heartbeat_interval_s
-        self._end(Ending(f"stale: no frame for {silent:g} s", RECONNECT_CLOSE_CODE))
-
-    def end_send_failures(self, _: Any) -> None:
-        self.send_failures += 1
-        self._end(Ending(f"{self.send_failures} heartbeat sends failed in a row"))
-
-    def end_deadline(self, _: Any) -> None:
-        self._end(
-            Ending(
-                f"no READY/RESUMED within {self.policy.connect_timeout_s:g} s",
-                before_socket=self.opened_at is None,
-            )
-        )
-
-    def end_op7_young(self, _: Any) -> None:
-        # Not counted (behaviour.md), but not at once either: a server that answers every
-        # RESUMED with op 7 would otherwise have us reconnect in a tight loop.
-        self._end(
-            Ending(
-                "op 7 reconnect requested on a young connection",
-                RECONNECT_CLOSE_CODE,
-                counts_as_quick=False,
-            )
-        )
-
-    def end_op7(self, _: Any) -> None:
-        self._end(
-            Ending(
-                "op 7 reconnect requested",
-                RECONNECT_CLOSE_CODE,
-                delay=Delay.NOW,
-                counts_as_quick=False,
-            )
-        )
-
-    def end_op7_early(self, _: Any) -> None:
-        # Op 7 before READY/RESUMED: this attempt failed to reach a session. Counting it keeps
-        # a server that answers every Hello with op 7 from looping us at full speed.
-        self._end(Ending("op 7 before READY/RESUMED", RECONNECT_CLOSE_CODE, counts_as_quick=False))
+    # -- actions: a connection is over ------------------------------------------------------
 
     def _close_current(self, code: int, reason: str) -> None:
         if self.attempt_open:
             self.attempt_open = False
             self._out.append(cmd.CancelTimer(Timer.ATTEMPT_DEADLINE))
-            self._out.append(cmd.CloseSocket(self.attempt, code, reason[:120]))
+            self._out.append(cmd.CloseSocket(self.attempt, code, reason[:REASON_CHARS]))
+
+    def _forget_session(self, reason: str) -> None:
+        # last_seq stays: READY sets it for the next session (heartbeats until then carry it).
+        self._session_id = None
+        self._handled_session = None
+        self._handled_seq = None
+        self.resume_failures = 0
+        self._log.info("qqconn.session_forgotten", reason=reason)
 
     def count_ending(self, event: Any) -> None:
-        """Apply behaviour.md's counter rules to a connection that ended (not fatally)."""
+        """Apply docs/behaviour.md's counter rules to a connection that ended (not fatally)."""
         ending: Ending = event.kwargs["ending"]
         self.last_ending = ending
         if ending.counts_as_quick and self.opened_at is not None:
@@ -675,14 +830,14 @@ class ConnectionMachine:
         forget = ending.session is Session.FORGET or (
             self.resume_failures >= self.policy.max_resume_failures
         )
-        if forget and self.session_id is not None:
-            self.session_id = None
-            self.resume_failures = 0
-            self._log.info("qqconn.session_forgotten", reason=ending.reason)
+        if forget and self._session_id is not None:
+            self._forget_session(ending.reason)
         self._close_current(RECONNECT_CLOSE_CODE, ending.reason)
-        expected = ending.delay in (Delay.NOW, Delay.ROTATION)
-        (self._log.info if expected else self._log.warning)(
+        if ending.kind is EndingKind.FRAME_TOO_LARGE:
+            self._log.warning("qqconn.frame_too_large", max_bytes=self.policy.max_frame_bytes)
+        (self._log.info if ending.delay in _EXPECTED_DELAYS else self._log.warning)(
             "qqconn.connection_ended",
+            kind=ending.kind.value,
             reason=ending.reason,
             close_code=ending.close_code,
             lived_s=None if self.opened_at is None else round(self.now - self.opened_at, 3),
@@ -696,19 +851,7 @@ class ConnectionMachine:
         self.trigger("assess")
 
     def wait_before_attempt(self, _: Any) -> None:
-        ending = self.last_ending
-        delay_kind = ending.delay if ending is not None else Delay.BACKOFF
-        p = self.policy
-        if delay_kind is Delay.NOW:
-            delay = 0.0
-        elif delay_kind is Delay.ROTATION:
-            delay = self._rng.uniform(*p.rotation_delay_s)
-        elif delay_kind is Delay.RATE_LIMIT:
-            delay = p.rate_limit_wait_s
-        elif delay_kind is Delay.INVALID_SESSION:
-            delay = self._rng.uniform(*p.invalid_session_delay_s)
-        else:
-            delay = backoff_delay(p, self.failed_attempts, self._rng)
+        delay = next_delay(self.last_ending, self.failed_attempts, self.policy, self._rng)
         self.next_delay_s = delay
         self._out.append(cmd.StartTimer(Timer.BACKOFF, delay, self.attempt))
 
@@ -771,16 +914,21 @@ class ConnectionMachine:
         if event.transition.dest is None:
             return
         previous = src.name if isinstance(src, State) else str(src)  # transitions keeps names
-        ending = event.kwargs.get("ending")
+        trigger = event.event.name
+        # The end that caused the change: the row's own, or (assess) the one assessed.
+        ending: Ending | None = event.kwargs.get("ending")
+        if ending is None and trigger == "assess":
+            ending = self.last_ending
         self._log.info(
             "qqconn.transition",
-            **{"from": previous, "to": self.state.name, "trigger": event.event.name},
+            **{"from": previous, "to": self.state.name, "trigger": trigger},
             reason=ending.reason if ending is not None else None,
             quick_drops=self.quick_drops,
             failed_attempts=self.failed_attempts,
             attempt=self.attempt,
         )
-        self._out.append(cmd.AnnounceState(self.state.value, previous, event.event.name))
+        self._checkpoint_at = self.now  # an announcement rewrites the state file
+        self._out.append(cmd.AnnounceState(self.state.value, previous, trigger, ending))
 
     def ignore(self, event: Any) -> None:
         self._log.debug("qqconn.ignored", trigger=event.event.name, state=self.state.name)
@@ -797,40 +945,63 @@ class ConnectionMachine:
             event="Started",
         )
 
-    # -- restoring a session after a restart ----------------------------------------------
-
-    def restore_session(self, session_id: str, last_seq: int | None) -> None:
-        """Adopt a session saved by an earlier process, so the first attempt Resumes it.
-
-        Only before the machine is started (LocalProtocolError otherwise). If the server
-        refuses the Resume, the ordinary rules forget the session and Identify.
-        """
-        if self.attempt != 0 or self.state is not S.CONNECTING:
-            raise LocalProtocolError(
-                "a session can only be restored before start",
-                state=self.state.name,
-                event="restore_session",
-            )
-        self.session_id = session_id
-        self.last_seq = last_seq
-
     # -- reading -------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The session the machine holds (Resume uses it); None: Identify next. Read-only:
+        only the server (READY) or the constructor (``restored``) gives a session."""
+        return self._session_id
+
+    @property
+    def last_seq(self) -> int | None:
+        """The last ``s`` received on the session (heartbeats and Resume carry it)."""
+        return self._last_seq
+
+    @property
+    def checkpoint(self) -> Resumable | None:
+        """The resume checkpoint: the session, and the last ``s`` the host finished with
+        (DispatchHandled). None when no session is held, or the host has not yet finished
+        with the READY of the one held."""
+        if self._handled_session is None:
+            return None
+        return Resumable(self._handled_session, self._handled_seq)
 
     @property
     def is_terminal(self) -> bool:
         """Is the machine in FATAL or STOPPED?"""
         return self.state in (S.FATAL, S.STOPPED)
 
-    def counters(self) -> dict[str, Any]:
-        """The counters and session facts, for logs, status and the state file (no secrets)."""
+    def snapshot_fields(self) -> dict[str, Any]:
+        """The machine's part of a state-file document (:mod:`qqconn.checkpoint`): JSON-able,
+        no secrets. ``session_id``/``last_seq`` are the resume checkpoint (both None while no
+        handled session is held, so ``alive`` never names a forgotten session);
+        ``received_seq`` is the last ``s`` received."""
+        fatal = self.fatal
+        ending = self.last_ending
         return {
             "state": self.state.value,
-            "session_id": self.session_id,
-            "last_seq": self.last_seq,
+            "session_id": self._handled_session,
+            "last_seq": self._handled_seq,
+            "received_seq": self._last_seq,
             "reconnect_attempts": self.failed_attempts,
             "quick_disconnects": self.quick_drops,
             "resume_failures": self.resume_failures,
             "attempt": self.attempt,
             "heartbeat_interval_s": self.heartbeat_interval_s,
             "last_ack_latency_s": self.last_ack_latency_s,
+            "fatal": None
+            if fatal is None
+            else {
+                "reason": fatal.reason,
+                "close_code": fatal.close_code,
+                "retryable": fatal.retryable,
+            },
+            "last_ending": None
+            if ending is None
+            else {
+                "kind": ending.kind.value,
+                "reason": ending.reason,
+                "close_code": ending.close_code,
+            },
         }

@@ -1,29 +1,60 @@
-"""Pure policy: the limits, the backoff delays and the close-code table.
+"""Pure policy: every number the machine and the driver decide by, validated once.
 
-Nothing here touches a clock, a socket or the global random generator. The machine
-(:mod:`qqconn.machine`) asks these functions; tests call them directly.
+Nothing here touches a clock, a socket or the global random generator. The close-code table,
+the classification of endings and the delay ladder live in :mod:`qqconn.endings`; their names
+are re-exported here (``from qqconn.policy import Ending`` keeps working).
+
+Besides the :class:`Policy` fields, two named constants bound how long closing and stopping
+take (the driver holds no literal of its own): :data:`CLOSE_GRACE_S` and :data:`STOP_SLACK_S`,
+combined by :attr:`Policy.close_bound_s` and :attr:`Policy.stop_bound_s`.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from qqconn.endings import (
+    CloseClass,
+    Delay,
+    Ending,
+    EndingKind,
+    Session,
+    classify_close,
+    close_class,
+    next_delay,
+)
 from qqconn.errors import ConfigError
 
 __all__ = [
+    "CLOSE_GRACE_S",
+    "STOP_SLACK_S",
+    "TOKEN_RENEWAL_WINDOW_S",
     "CloseClass",
     "Delay",
     "Ending",
+    "EndingKind",
     "Policy",
     "Session",
     "backoff_delay",
     "classify_close",
+    "close_class",
 ]
+
+#: How much longer than ``close_timeout_s`` the driver waits for a socket's closing handshake
+#: (which the WebSocket library itself bounds by ``close_timeout_s``) before it aborts the
+#: transport: the library's own timeout fires first, so this one only catches a library that
+#: overran it.
+CLOSE_GRACE_S = 0.5
+#: Slack added to what stopping may take (the socket's close, then the host queue's drain,
+#: each bounded by ``close_timeout_s``) before ``stop()`` returns anyway.
+STOP_SLACK_S = 1.0
+#: The token endpoint hands out a new access token only in the last this-many seconds of the
+#: old one's life (docs/protocol.md §3.1): ``token_refresh_margin_s`` must lie inside it.
+TOKEN_RENEWAL_WINDOW_S = 60.0
 
 
 def _positive(name: str, value: object, *, allow_zero: bool = False) -> None:
@@ -53,8 +84,9 @@ def _range(name: str, value: object) -> None:
 class Policy:
     """Every number the machine decides by. Frozen and validated at construction.
 
-    Defaults are ``shared/behaviour.md``'s; tests scale them down. An invalid value raises
-    :class:`~qqconn.errors.ConfigError` naming the field.
+    Defaults are docs/behaviour.md's; tests scale them down. An invalid value raises
+    :class:`~qqconn.errors.ConfigError` naming the field. Every field can be set from a
+    ``[policy]`` TOML table (:meth:`from_mapping`).
     """
 
     #: A connection that ended less than this long after its socket opened is a quick drop.
@@ -97,6 +129,12 @@ class Policy:
     max_frame_bytes: int = 4 * 1024 * 1024
     #: A state file younger than this (same app id and shard) lets a restarted process Resume.
     resume_window_s: float = 300.0
+    #: While events are handled or heartbeats acknowledged, the state file is rewritten at
+    #: most once per this many seconds (besides every state change and every new session).
+    checkpoint_interval_s: float = 1.0
+    #: Fetch a new access token when the cached one has less than this left; below
+    #: TOKEN_RENEWAL_WINDOW_S (60 s), the window in which the endpoint renews it.
+    token_refresh_margin_s: float = 50.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -110,8 +148,16 @@ class Policy:
             "stale_after_intervals",
             "close_timeout_s",
             "resume_window_s",
+            "checkpoint_interval_s",
         ):
             _positive(name, getattr(self, name))
+        _positive("token_refresh_margin_s", self.token_refresh_margin_s, allow_zero=True)
+        if self.token_refresh_margin_s >= TOKEN_RENEWAL_WINDOW_S:
+            raise ConfigError(
+                "token_refresh_margin_s",
+                f"must be below {TOKEN_RENEWAL_WINDOW_S:g} s (the token endpoint renews a token"
+                f" only in its last {TOKEN_RENEWAL_WINDOW_S:g} s), got {self.token_refresh_margin_s!r}",
+            )
         for name in (
             "max_quick_disconnects",
             "max_reconnect_attempts",
@@ -156,6 +202,18 @@ class Policy:
             kwargs[key] = value
         return cls(**kwargs)
 
+    @property
+    def close_bound_s(self) -> float:
+        """The longest closing one socket may take before its transport is aborted:
+        ``close_timeout_s + CLOSE_GRACE_S``."""
+        return self.close_timeout_s + CLOSE_GRACE_S
+
+    @property
+    def stop_bound_s(self) -> float:
+        """The longest ``stop()`` waits for the run to end: the socket's close and the host
+        queue's drain (``close_timeout_s`` each), plus ``STOP_SLACK_S``."""
+        return self.close_timeout_s * 2 + STOP_SLACK_S
+
     def heartbeat_interval(self, raw_ms: object) -> tuple[float, bool]:
         """Turn Hello's raw ``heartbeat_interval`` (ms) into seconds.
 
@@ -175,126 +233,7 @@ class Policy:
         return seconds, False
 
 
-# -- what a connection's end means ---------------------------------------------------------
-
-
-class Session(enum.Enum):
-    """What becomes of the session when a connection ends."""
-
-    KEEP = "keep"  #: Resume next
-    FORGET = "forget"  #: Identify next
-
-
-class Delay(enum.Enum):
-    """How long to wait before the next attempt."""
-
-    NOW = "now"  #: at once (op 7)
-    ROTATION = "rotation"  #: short jitter (close 4009)
-    BACKOFF = "backoff"  #: backoff_s by consecutive failures
-    RATE_LIMIT = "rate_limit"  #: rate_limit_wait_s (close 4008)
-    INVALID_SESSION = "invalid_session"  #: invalid_session_delay_s (op 9 d: true)
-
-
-class CloseClass(enum.Enum):
-    """Rows of behaviour.md's close-code table."""
-
-    ROTATION = "rotation"
-    TRANSIENT = "transient"
-    IDENTIFY = "identify"
-    AUTH = "auth"
-    RATE_LIMITED = "rate_limited"
-    FATAL = "fatal"
-
-
-@dataclass(frozen=True, slots=True)
-class Ending:
-    """Why a connection ended, and what behaviour.md says that implies.
-
-    ``counts_as_quick``: the quick-drop rule applies (False for op 7, a local stop, FATAL).
-    ``always_consumes_attempt``: counts as a failed attempt even after READY (close 4008).
-    ``fatal``: go to FATAL at once (not retryable).
-    """
-
-    reason: str
-    close_code: int | None = None
-    session: Session = Session.KEEP
-    delay: Delay = Delay.BACKOFF
-    counts_as_quick: bool = True
-    always_consumes_attempt: bool = False
-    fatal: bool = False
-    auth_failure: bool = False
-    #: True when the failure happened before the socket opened (token, URL, handshake).
-    before_socket: bool = False
-
-
-_FATAL_CODES = frozenset({4001, 4002, 4010, 4011, 4012, 4013, 4014, 4914, 4915, 4924})
-_FATAL_REASONS = {
-    4001: "invalid opcode",
-    4002: "invalid payload",
-    4010: "invalid shard",
-    4011: "too many guilds for one connection: shard the bot",
-    4012: "invalid version",
-    4013: "invalid intent",
-    4014: "intent not permitted",
-    4914: "bot taken down (sandbox only)",
-    4915: "bot banned",
-    4924: "session ip forbidden (IP not on the bot's allow-list)",
-}
-
-
-def close_class(code: int | None) -> CloseClass:
-    """The row of behaviour.md's close-code table that ``code`` falls in (None: no close frame)."""
-    if code is None or code in (1000, 1001, 1005, 1006):
-        return CloseClass.TRANSIENT
-    if code in _FATAL_CODES:
-        return CloseClass.FATAL
-    if code == 4009:
-        return CloseClass.ROTATION
-    if code == 4004:
-        return CloseClass.AUTH
-    if code == 4008:
-        return CloseClass.RATE_LIMITED
-    if 4000 <= code <= 4999:
-        # 4006, 4007, 4900–4913, other 49xx, and any 4xxx qqconn has no row for.
-        return CloseClass.IDENTIFY
-    # Other WebSocket codes (1002, 1009, 1011, 3xxx …): the transport failed, the session may live.
-    return CloseClass.TRANSIENT
-
-
-def classify_close(code: int | None, reason: str = "") -> Ending:
-    """Map a close code (None = the socket died without a close frame) to its :class:`Ending`."""
-    cls = close_class(code)
-    label = f"closed {code}" if code is not None else "connection lost without a close frame"
-    if reason:
-        label = f"{label}: {reason[:120]}"
-    if cls is CloseClass.FATAL:
-        assert code is not None
-        return Ending(
-            f"close {code}: {_FATAL_REASONS[code]}",
-            code,
-            session=Session.FORGET,
-            counts_as_quick=False,
-            fatal=True,
-        )
-    if cls is CloseClass.ROTATION:
-        return Ending(label, code, delay=Delay.ROTATION)
-    if cls is CloseClass.AUTH:
-        return Ending(label, code, auth_failure=True)
-    if cls is CloseClass.RATE_LIMITED:
-        return Ending(label, code, delay=Delay.RATE_LIMIT, always_consumes_attempt=True)
-    if cls is CloseClass.IDENTIFY:
-        return Ending(label, code, session=Session.FORGET)
-    return Ending(label, code)
-
-
 def backoff_delay(policy: Policy, failures: int, rng: random.Random) -> float:
-    """Delay before the next attempt after ``failures`` consecutive failed attempts.
-
-    ``backoff_s[failures - 1]`` (the last value repeats; 0 failures uses the first), scaled by
-    a uniform factor in ``[1 − backoff_jitter, 1 + backoff_jitter]`` so that many connections
-    do not reconnect in step.
-    """
-    index = min(max(failures - 1, 0), len(policy.backoff_s) - 1)
-    base = policy.backoff_s[index]
-    j = policy.backoff_jitter
-    return base * rng.uniform(1 - j, 1 + j) if j else base
+    """The backoff delay after ``failures`` consecutive failed attempts: what
+    :func:`qqconn.endings.next_delay` gives for an ending that waits the ``backoff_s`` ladder."""
+    return next_delay(None, failures, policy, rng)

@@ -1,6 +1,6 @@
 """The QQ gateway wire format: opcodes, outbound payloads, and inbound frame parsing.
 
-Pure functions over JSON text; no I/O. The facts come from ``shared/qq-protocol.md``:
+Pure functions over JSON text; no I/O. The facts come from docs/protocol.md:
 the envelope is ``{"op", "d", "s", "t", "id"}``, Hello carries the heartbeat interval in
 milliseconds, RESUMED carries ``d: ""``, op 9 carries a boolean "can resume".
 
@@ -54,7 +54,7 @@ class OpCode(enum.IntEnum):
 
 
 class Intents(enum.IntFlag):
-    """Intent bits of the QQ gateway (``qq-protocol.md`` §4)."""
+    """Intent bits of the QQ gateway (docs/protocol.md §4)."""
 
     GUILDS = 1 << 0
     GUILD_MEMBERS = 1 << 1
@@ -109,7 +109,7 @@ def identify_payload(
 
 
 def resume_payload(token: str, session_id: str, seq: int | None) -> str:
-    """Op 6 Resume, on a new socket after its Hello. Uses the prefixed token (qq-protocol §1.4)."""
+    """Op 6 Resume, on a new socket after its Hello. Uses the prefixed token (docs/protocol.md §1.4)."""
     d = {"token": f"QQBot {token}", "session_id": session_id, "seq": seq if seq is not None else 0}
     return json.dumps({"op": OpCode.RESUME.value, "d": d}, separators=(",", ":"))
 
@@ -261,9 +261,12 @@ def _parse_dispatch(msg: dict[str, Any], frame: str) -> Inbound:
 
 
 #: Token-endpoint error codes that mean "these credentials are wrong" (not "try later"):
-#: 100007 "appid invalid" (qq-protocol.md §3.1). Others, such as 100017 (rate limited), are
+#: 100007 "appid invalid" (docs/protocol.md §3.1). Others, such as 100017 (rate limited), are
 #: transient.
 CREDENTIAL_ERROR_CODES = frozenset({100007})
+
+#: An ``expires_in`` above this (ten days; real tokens live 7200 s) is not believed.
+MAX_TOKEN_LIFETIME_S = 10 * 86400
 
 
 def parse_token_response(status: int, body: bytes) -> tuple[str, float]:
@@ -296,7 +299,7 @@ def parse_token_response(status: int, body: bytes) -> tuple[str, float]:
         expires_in = float(raw) if isinstance(raw, (int, float, str)) and raw is not True else -1.0
     except (ValueError, OverflowError):
         expires_in = -1.0
-    if not expires_in > 0 or expires_in != expires_in or expires_in > 10 * 86400:
+    if not expires_in > 0 or expires_in != expires_in or expires_in > MAX_TOKEN_LIFETIME_S:
         raise RemoteProtocolError(
             f"token endpoint gave an unusable expires_in: {shorten(repr(raw), 40)}"
         )

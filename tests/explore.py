@@ -1,6 +1,6 @@
 """Exhaustive breadth-first exploration of the connection machine's abstract state space.
 
-TLC-style explicit-state checking in plain Python (anchors §8.3): the *real*
+TLC-style explicit-state checking in plain Python: the *real*
 :class:`~qqconn.machine.ConnectionMachine` is driven, never a model of it.
 
 The abstract state (:class:`Node`) is a hashable tuple of everything the guards and actions
@@ -20,9 +20,10 @@ machine's own ``now``, ``opened_at`` and ``last_frame_at`` (every variant moves 
 * ``old-attempt``: the event names the previous attempt (a late event of a closed socket).
 
 The alphabet is every event type of :mod:`qqconn.events`, one close code per row of
-behaviour.md's close-code table (None, 1000, 1006, 4009, 4006, 4902, 4004, 4008, 4914, 4001,
-4924, 3000), op 9 ``d`` true and false, every timer, start, stop and a dispatch, all fed in
-every node. They fall in three kinds:
+docs/behaviour.md's close-code table (None, 1000, 1006, 4009, 4006, 4902, 4004, 4008, 4914,
+4001, 4924, 3000), an oversized frame (qqconn sent 1009), refused credentials, op 9 ``d``
+true and false, every timer, start, stop, a dispatch and the host's report that it handled
+one, all fed in every node. They fall in three kinds:
 
 * *conforming*: what a driver keeping its contract can deliver there; the search goes on
   from where they lead;
@@ -61,6 +62,7 @@ from qqconn.errors import LocalProtocolError
 from qqconn.events import Timer
 from qqconn.machine import TRANSITIONS, TRIGGERS, ConnectionMachine, State
 from qqconn.policy import Policy
+from qqconn.testing.events import dispatch_received, ready_received
 
 S = State
 
@@ -74,7 +76,7 @@ POLICY = Policy(
 
 #: The Hello interval fed to the machine (ms); stale after ``stale_after_intervals`` of these.
 HELLO_INTERVAL_MS = 1000
-#: One close code per row of behaviour.md's close-code table (None: no close frame).
+#: One close code per row of docs/behaviour.md's close-code table (None: no close frame).
 CLOSE_CODES: tuple[int | None, ...] = (None, 1000, 1006, 4009, 4006, 4902, 4004, 4008, 4914,
                                        4001, 4924, 3000)  # fmt: skip
 EPSILON_S = 0.001
@@ -335,16 +337,22 @@ Maker = Callable[[int, float], ev.Event]
 
 
 def _base_alphabet() -> list[tuple[str, Maker | None]]:
-    """(label, make(attempt, at)); a None maker marks Started/StopRequested (no attempt)."""
+    """(label, make(attempt, at)); a None maker marks the events without an attempt
+    (Started, StopRequested, DispatchHandled)."""
     makers: list[tuple[str, Maker | None]] = [
         ("Started", None),
         ("StopRequested", None),
+        ("DispatchHandled", None),
         ("ConnectFailed", lambda a, t: ev.ConnectFailed(a, t, "token", "HTTP 503")),
+        (
+            "ConnectFailed(refused)",
+            lambda a, t: ev.ConnectFailed(a, t, "token", "refused", refused=True),
+        ),
         ("SocketOpened", lambda a, t: ev.SocketOpened(a, t)),
         ("Hello", lambda a, t: ev.HelloReceived(a, t, HELLO_INTERVAL_MS)),
-        ("Ready", lambda a, t: ev.ReadyReceived(a, t, SESSION_ID, 1)),
+        ("Ready", lambda a, t: ready_received(a, t, SESSION_ID, 1)),
         ("Resumed", lambda a, t: ev.ResumedReceived(a, t, None)),
-        ("Dispatch", lambda a, t: ev.DispatchReceived(a, t, None)),
+        ("Dispatch", lambda a, t: dispatch_received(a, t, None)),
         ("HeartbeatAcked", lambda a, t: ev.HeartbeatAcked(a, t)),
         ("HeartbeatRequested", lambda a, t: ev.HeartbeatRequested(a, t)),
         ("HeartbeatSent", lambda a, t: ev.HeartbeatSent(a, t)),
@@ -356,6 +364,7 @@ def _base_alphabet() -> list[tuple[str, Maker | None]]:
     ]
     for code in CLOSE_CODES:
         makers.append((f"SocketClosed({code})", _closer(code)))
+    makers.append(("SocketClosed(sent 1009)", lambda a, t: ev.SocketClosed(a, t, None, "", 1009)))
     for timer in Timer:
         makers.append((f"TimerFired({timer.name})", _timer(timer)))
     return makers
@@ -393,7 +402,10 @@ def alphabet(machine: ConnectionMachine) -> Iterator[tuple[str, ev.Event]]:
     )
     for label, make in BASE_ALPHABET:
         if make is None:
-            yield label, (ev.Started(now) if label == "Started" else ev.StopRequested(now))
+            if label == "DispatchHandled":  # the host lane reports the READY it was handed
+                yield label, ev.DispatchHandled(now, SESSION_ID, 1)
+            else:
+                yield label, (ev.Started(now) if label == "Started" else ev.StopRequested(now))
             continue
         yield label, make(m.attempt, now)
         if young:
@@ -687,7 +699,7 @@ def _check_edge(
     if finish != int(entering_terminal):
         out.violation(f"{where} {dst.state.name} emitted Finish {finish} times", here, event)
 
-    # Stop (behaviour.md 14): from any live state to STOPPED, the socket closed, every timer
+    # Stop (docs/behaviour.md 14): from any live state to STOPPED, the socket closed, every timer
     # cancelled, no socket opened, no fatal notify.
     if isinstance(event, ev.StopRequested) and src.state not in TERMINAL:
         kinds = [type(c) for c in edge.commands]
@@ -712,6 +724,16 @@ def _check_edge(
         out.violation(
             f"{where} an event of a closed or other attempt acted: "
             f"{[type(c).__name__ for c in edge.commands]}",
+            here,
+            event,
+        )
+
+    # The race of issue 9: a snapshot never names a session the machine no longer holds.
+    named = machine.snapshot_fields()["session_id"]
+    if named is not None and named != machine.session_id:
+        out.violation(
+            f"{where} the snapshot names session {named!r}, the machine holds "
+            f"{machine.session_id!r}",
             here,
             event,
         )
@@ -841,6 +863,14 @@ def _then_in_identified(identified: Callable[[Node], str]) -> Callable[[Node], s
     return step
 
 
+def _refused(n: Node) -> str:
+    if n.state is S.BACKOFF:
+        return "TimerFired(BACKOFF)"
+    if n.state is S.CONNECTING and not n.socket_opened:
+        return "ConnectFailed(refused)"
+    return "SocketClosed(None)"
+
+
 def _ready_or_resumed(n: Node) -> str:
     return "Resumed" if n.sent_resume else "Ready"
 
@@ -877,7 +907,7 @@ class FailureMode:
 
 
 def failure_modes(policy: Policy) -> list[FailureMode]:
-    """Repeated-failure worlds (behaviour.md's scenario list) and the bound each must meet."""
+    """Repeated-failure worlds (docs/behaviour.md's scenario list) and the bound each must meet."""
     attempts, quick = policy.max_reconnect_attempts, policy.max_quick_disconnects
     return [
         FailureMode("token endpoint down", _start_or(_connect_fails), 2, attempts, True),
@@ -929,6 +959,13 @@ def failure_modes(policy: Policy) -> list[FailureMode]:
         # Not retryable (a second 4004), or retryable if the attempt budget runs out first.
         FailureMode(
             "close 4004 after every open", _fail(lambda n: "SocketClosed(4004)"), 3, 2, None
+        ),
+        FailureMode(
+            "the token endpoint refuses the credentials every time",
+            _start_or(_refused),
+            2,
+            2,
+            None,
         ),
     ]
 

@@ -1,4 +1,4 @@
-"""Exhaustive exploration of the connection machine's abstract states (anchors §8.3).
+"""Exhaustive exploration of the connection machine's abstract states.
 
 The engine is ``tests/explore.py``; one exploration runs per module and every test below asks
 it one question. Run with ``-s`` to see the size and the time. A failure prints the shortest

@@ -1,4 +1,4 @@
-"""qqconn.machine: examples at every boundary of behaviour.md, one rule or scenario per test."""
+"""qqconn.machine: examples at every boundary of docs/behaviour.md, one rule or scenario per test."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from structlog.testing import CapturingLogger
 
 from qqconn import commands as cmd
 from qqconn import events as ev
-from qqconn.errors import LocalProtocolError
+from qqconn.checkpoint import Resumable
+from qqconn.endings import FATAL_CLOSE_CODES, EndingKind
+from qqconn.errors import ConfigError, LocalProtocolError
 from qqconn.events import Timer
 from qqconn.machine import TRIGGERS, ConnectionMachine, State, build_rows
 from qqconn.policy import Policy
+from qqconn.testing.events import dispatch_received, one_of_each, ready_received
 
-FATAL_CODES = [4001, 4002, 4010, 4011, 4012, 4013, 4014, 4914, 4915, 4924]
+FATAL_CODES = sorted(FATAL_CLOSE_CODES)  # pinned literally in tests/test_endings.py
 IDENTIFY_CODES = [4006, 4007, 4900, 4902, 4903, 4913, 4920, 4950]
 INTERVAL_MS = 41250
 INTERVAL_S = 41.25
@@ -26,9 +29,13 @@ INTERVAL_S = 41.25
 class Run:
     """A scripted driver: feeds events at the times a test chooses and keeps every command."""
 
-    def __init__(self, policy: Policy | None = None, *, seed: int = 0) -> None:
+    def __init__(
+        self, policy: Policy | None = None, *, seed: int = 0, restored: Resumable | None = None
+    ) -> None:
         self.log = CapturingLogger()
-        self.m = ConnectionMachine(policy, rng=random.Random(seed), logger=self.log)
+        self.m = ConnectionMachine(
+            policy, rng=random.Random(seed), logger=self.log, restored=restored
+        )
         self.out: list[cmd.Command] = []
 
     # -- feeding ---------------------------------------------------------------------------
@@ -52,7 +59,7 @@ class Run:
         return self.feed(ev.HelloReceived(self.n, at, interval))
 
     def ready(self, at: float, sid: str = "sid-1", seq: int | None = 1) -> list[cmd.Command]:
-        return self.feed(ev.ReadyReceived(self.n, at, sid, seq))
+        return self.feed(ready_received(self.n, at, sid, seq))
 
     def resumed(self, at: float, seq: int | None = None) -> list[cmd.Command]:
         return self.feed(ev.ResumedReceived(self.n, at, seq))
@@ -67,7 +74,7 @@ class Run:
         return self.feed(ev.TimerFired(timer, self.n, at))
 
     def dispatch(self, at: float, seq: int | None) -> list[cmd.Command]:
-        return self.feed(ev.DispatchReceived(self.n, at, seq))
+        return self.feed(dispatch_received(self.n, at, seq))
 
     def connect(self, at: float, *, interval: object = INTERVAL_MS) -> list[cmd.Command]:
         """Socket opens at ``at``, Hello right after; returns Hello's commands."""
@@ -110,6 +117,12 @@ class Run:
             for call in self.log.calls
             if call.args and call.args[0] == event and method in (None, call.method_name)
         )
+
+
+def delivers(seq: int | None, session_id: str | None = "sid-1") -> cmd.DeliverDispatch:
+    """The DeliverDispatch that ``Run.dispatch(at, seq)`` must produce: its payload, and
+    the session it belongs to."""
+    return cmd.DeliverDispatch(dispatch_received(0, 0.0, seq).dispatch, session_id)
 
 
 def of(kind: type, got: list[cmd.Command]) -> list[Any]:
@@ -160,8 +173,8 @@ def test_seq_5_10_7_heartbeat_carries_10_and_7_is_dropped() -> None:
     """Scenario 'Seq tracking' / rule 10: s = 5, 10, 7 → last seq 10, 7 dropped, heartbeat d 10."""
     r = Run()
     r.alive(0.0)
-    assert r.dispatch(1.0, 5) == [cmd.DeliverDispatch(5)]
-    assert r.dispatch(1.1, 10) == [cmd.DeliverDispatch(10)]
+    assert r.dispatch(1.0, 5) == [delivers(5)]
+    assert r.dispatch(1.1, 10) == [delivers(10)]
     assert r.dispatch(1.2, 7) == [cmd.DropDispatch(7, 10)]
     assert r.dispatch(1.3, 10) == [cmd.DropDispatch(10, 10)]
     assert r.m.last_seq == 10
@@ -182,7 +195,7 @@ def test_dispatch_without_seq_is_delivered_and_changes_nothing() -> None:
     """Rule 10: a dispatch without a usable s is still delivered; last seq is unchanged."""
     r = Run()
     r.alive(0.0, seq=3)
-    assert r.dispatch(1.0, None) == [cmd.DeliverDispatch(None)]
+    assert r.dispatch(1.0, None) == [delivers(None)]
     assert r.m.last_seq == 3
 
 
@@ -213,8 +226,7 @@ def test_resumed_without_a_resume_is_ignored() -> None:
 
 def test_restored_session_is_resumed_on_the_first_attempt() -> None:
     """A session restored before start (state file of a restarted process) is Resumed at once."""
-    r = Run()
-    r.m.restore_session("old-sess", 41)
+    r = Run(restored=Resumable("old-sess", 41))
     r.start(0.0)
     got = r.connect(0.5)
     assert cmd.SendResume(1, "old-sess", 41) in got
@@ -225,8 +237,7 @@ def test_restored_session_is_resumed_on_the_first_attempt() -> None:
 
 def test_restored_session_refused_falls_back_to_identify() -> None:
     """A restored session the server refuses (op 9 false) is forgotten: Identify next."""
-    r = Run()
-    r.m.restore_session("old-sess", 41)
+    r = Run(restored=Resumable("old-sess", 41))
     r.start(0.0)
     r.connect(0.5)
     r.feed(ev.InvalidSessionReceived(1, 10.0, False))
@@ -234,18 +245,57 @@ def test_restored_session_refused_falls_back_to_identify() -> None:
     assert cmd.SendIdentify(2) in r.connect(15.0)
 
 
-@pytest.mark.parametrize("when", ["started", "stopped"])
-def test_restore_session_after_start_is_refused(when: str) -> None:
-    """restore_session only before start: afterwards LocalProtocolError, session unchanged."""
+@pytest.mark.parametrize("when", ["fresh", "connecting", "alive", "backoff", "stopped"])
+def test_a_session_cannot_be_restored_after_construction(when: str) -> None:
+    """The constructor is the one door for a restored session: no method restores one, and
+    assigning the session raises in every state (CONNECTING right after start included),
+    leaving the machine unchanged."""
     r = Run()
-    if when == "started":
+    if when == "connecting":
+        r.start(0.0)
+        assert r.m.state is State.CONNECTING
+    elif when == "alive":
         r.alive(0.0)
-    else:
+    elif when == "backoff":
+        r.alive(0.0)
+        r.close(10.0, 1006)
+    elif when == "stopped":
         r.feed(ev.StopRequested(0.0))
-    before = r.m.counters()
-    with pytest.raises(LocalProtocolError):
-        r.m.restore_session("other", 1)
-    assert r.m.counters() == before
+    before = r.m.snapshot_fields()
+    assert not hasattr(r.m, "restore_session")
+    with pytest.raises(AttributeError):
+        r.m.session_id = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        r.m.last_seq = 1  # type: ignore[misc]
+    assert r.m.snapshot_fields() == before
+    if when == "backoff":  # the next attempt resumes what the server gave, nothing else
+        r.retry(20.0)
+        assert cmd.SendResume(2, "sid-1", 1) in r.connect(20.0)
+
+
+@pytest.mark.parametrize(
+    "restored",
+    [Resumable("", 1), Resumable("s", -1), Resumable("s", True), ("s", 1), "s"],  # type: ignore[arg-type]
+    ids=["empty-session", "negative-seq", "bool-seq", "tuple", "string"],
+)
+def test_a_bad_restored_session_is_a_config_error(restored: Any) -> None:
+    """restored must be a Resumable with a session id and a sequence number (or None)."""
+    with pytest.raises(ConfigError) as info:
+        ConnectionMachine(restored=restored)
+    assert info.value.field == "restored"
+
+
+def test_a_restored_session_is_the_checkpoint_until_the_host_moves_it() -> None:
+    """The restored (session, seq) is the resume checkpoint from the start; a restore logs."""
+    r = Run(restored=Resumable("old-sess", 41))
+    assert r.m.checkpoint == Resumable("old-sess", 41)
+    fields = r.m.snapshot_fields()
+    assert (fields["session_id"], fields["last_seq"], fields["received_seq"]) == (
+        "old-sess",
+        41,
+        41,
+    )
+    assert r.logged("qqconn.session_restored", "info") == 1
 
 
 # -- the quick-drop counter (rule 1) ---------------------------------------------------------------
@@ -688,7 +738,7 @@ def test_op7_then_4009_while_events_flow_loses_and_duplicates_nothing() -> None:
     delivered: list[int | None] = []
 
     def deliver(got: list[cmd.Command]) -> None:
-        delivered.extend(c.seq for c in of(cmd.DeliverDispatch, got))
+        delivered.extend(c.dispatch.seq for c in of(cmd.DeliverDispatch, got))
 
     for s in (2, 3, 4):
         deliver(r.dispatch(100.0, s))
@@ -851,46 +901,38 @@ def test_4008_from_alive_counts_towards_the_attempt_limit() -> None:
 
 # -- fatal close codes ----------------------------------------------------------------------------
 
-ALL_EVENTS: list[Callable[[int, float], ev.Event]] = [
-    lambda n, t: ev.StopRequested(t),
-    lambda n, t: ev.ConnectFailed(n, t, "token", "x"),
-    lambda n, t: ev.SocketOpened(n, t),
-    lambda n, t: ev.HelloReceived(n, t, INTERVAL_MS),
-    lambda n, t: ev.ReadyReceived(n, t, "sid-x", 1),
-    lambda n, t: ev.ResumedReceived(n, t, 1),
-    lambda n, t: ev.DispatchReceived(n, t, 99),
-    lambda n, t: ev.HeartbeatAcked(n, t),
-    lambda n, t: ev.HeartbeatRequested(n, t),
-    lambda n, t: ev.HeartbeatSent(n, t),
-    lambda n, t: ev.HeartbeatSendFailed(n, t, "x"),
-    lambda n, t: ev.ReconnectRequested(n, t),
-    lambda n, t: ev.InvalidSessionReceived(n, t, True),
-    lambda n, t: ev.InvalidSessionReceived(n, t, False),
-    lambda n, t: ev.FrameRejected(n, t, "x"),
-    lambda n, t: ev.SocketClosed(n, t, None),
-    lambda n, t: ev.SocketClosed(n, t, 4009),
-    lambda n, t: ev.SocketClosed(n, t, 4004),
-    lambda n, t: ev.SocketClosed(n, t, 4008),
-    lambda n, t: ev.SocketClosed(n, t, 4006),
-    lambda n, t: ev.SocketClosed(n, t, 4914),
-    lambda n, t: ev.TimerFired(Timer.HEARTBEAT, n, t),
-    lambda n, t: ev.TimerFired(Timer.ACK_DEADLINE, n, t),
-    lambda n, t: ev.TimerFired(Timer.ATTEMPT_DEADLINE, n, t),
-    lambda n, t: ev.TimerFired(Timer.BACKOFF, n, t),
-]
+
+def every_event(n: int, t: float) -> list[ev.Event]:
+    """One of every event type but Started (``qqconn.testing.events.one_of_each``) for attempt
+    ``n`` at ``t``, plus the variants other rows answer: op 9 true, a close of each row of
+    the close-code table, an oversized frame, refused credentials, every other timer."""
+    return [
+        *(e for e in one_of_each(n, t, session_id="sid-x", seq=99) if type(e) is not ev.Started),
+        ev.InvalidSessionReceived(n, t, True),
+        ev.SocketClosed(n, t, 4009),
+        ev.SocketClosed(n, t, 4004),
+        ev.SocketClosed(n, t, 4008),
+        ev.SocketClosed(n, t, 4006),
+        ev.SocketClosed(n, t, 4914),
+        ev.SocketClosed(n, t, None, "", sent_code=1009),
+        ev.ConnectFailed(n, t, "token", "refused", refused=True),
+        ev.TimerFired(Timer.ACK_DEADLINE, n, t),
+        ev.TimerFired(Timer.ATTEMPT_DEADLINE, n, t),
+        ev.TimerFired(Timer.BACKOFF, n, t),
+    ]
 
 
 def _assert_absorbs_everything(r: Run, t: float) -> None:
     """A terminal machine does nothing for any event of any attempt (Started raises)."""
-    state, counters = r.m.state, r.m.counters()
-    for make in ALL_EVENTS:
-        for n in (r.n - 1, r.n, r.n + 1):
-            assert r.feed(make(n, t)) == []
+    state, counters = r.m.state, r.m.snapshot_fields()
+    for n in (r.n - 1, r.n, r.n + 1):
+        for event in every_event(n, t):
+            assert r.feed(event) == []
             assert r.m.state is state
     with pytest.raises(LocalProtocolError):
         r.feed(ev.Started(t))
     assert r.m.state is state
-    assert r.m.counters() == counters
+    assert r.m.snapshot_fields() == counters
 
 
 @pytest.mark.parametrize("code", FATAL_CODES)
@@ -1121,6 +1163,340 @@ def test_valid_hello_interval_is_used() -> None:
     assert r.logged("qqconn.hello_interval_replaced") == 0
 
 
+# -- the one door: payloads in, the resume checkpoint, WriteCheckpoint -------------------------------
+
+
+def handled(r: Run, at: float, seq: int | None, sid: str | None = "sid-1") -> list[cmd.Command]:
+    """The host lane reports that it finished with the dispatch ``seq`` of session ``sid``."""
+    return r.feed(ev.DispatchHandled(at, sid, seq))
+
+
+def test_ready_is_delivered_with_its_frame_and_session() -> None:
+    """An adopted READY is handed to the host as itself (type READY, data, id) with its session."""
+    r = Run()
+    r.start(0.0)
+    r.connect(0.1)
+    got = r.ready(0.2, "sess", 7)
+    assert of(cmd.DeliverDispatch, got) == [
+        cmd.DeliverDispatch(ready_received(1, 0.2, "sess", 7).dispatch, "sess")
+    ]
+    assert of(cmd.DeliverDispatch, got)[0].dispatch.type == "READY"
+
+
+def test_a_ready_the_machine_ignores_is_not_delivered() -> None:
+    """READY in ALIVE is an oddity: ignored, never handed to the host (nor a checkpoint)."""
+    r = Run()
+    r.alive(0.0)
+    got = r.ready(1.0, "other", 50)
+    assert of(cmd.DeliverDispatch, got) == []
+    assert r.m.session_id == "sid-1"
+    assert r.logged("qqconn.unexpected_frame", "warning") == 1
+
+
+def test_handle_dispatch_is_the_row_handle_runs_for_dispatch_received() -> None:
+    """handle_dispatch(attempt, at, dispatch) answers exactly what handle(DispatchReceived)
+    does, and leaves the machine in the same state, for fresh, replayed, seq-less and stale
+    dispatches."""
+    a, b = Run(), Run()
+    for r in (a, b):
+        r.alive(0.0, seq=3)
+    script = [(1, 1.0, 5), (1, 1.1, 5), (1, 1.2, 2), (1, 1.3, None), (1, 1.4, 9), (0, 1.5, 10)]
+    script += [(2, 1.6, 11)]
+    for attempt, at, seq in script:
+        event = dispatch_received(attempt, at, seq)
+        via_handle = a.feed(event)
+        direct = b.m.handle_dispatch(attempt, at, event.dispatch)
+        assert via_handle == ([] if direct is None else [direct])
+        assert a.m.snapshot_fields() == b.m.snapshot_fields()
+        assert (a.m.now, a.m.last_frame_at) == (b.m.now, b.m.last_frame_at)
+    assert a.m.last_seq == 9
+    for r in (a, b):
+        r.close(2.0, 1006)
+        assert r.m.handle_dispatch(1, 2.1, dispatch_received(1, 2.1, 50).dispatch) is None
+
+
+def test_dispatch_after_the_socket_closed_is_not_delivered() -> None:
+    """A dispatch read from a socket the machine gave up on is dropped silently (not delivered,
+    not counted as a replay): its seq stays un-received, so Resume asks for it again."""
+    r = Run()
+    r.alive(0.0, seq=3)
+    r.feed(ev.ReconnectRequested(1, 10.0))
+    assert r.dispatch(10.1, 4) == []
+    assert r.m.last_seq == 3
+
+
+def test_dispatch_handled_moves_the_checkpoint_and_asks_for_writes() -> None:
+    """The checkpoint names the session once the host handled its READY (a write at once);
+    later reports move its s, writing at most once per checkpoint_interval_s (the boundary
+    itself writes); s never goes back; a report without s changes nothing."""
+    r = Run()
+    r.alive(10.0, seq=1)
+    assert r.m.checkpoint is None  # READY is still with the host
+    assert handled(r, 10.2, 1) == [cmd.WriteCheckpoint()]  # a new session: at once
+    assert r.m.checkpoint == Resumable("sid-1", 1)
+    for s in (2, 3, 4):
+        r.dispatch(10.3, s)
+    assert handled(r, 10.5, 2) == []
+    assert handled(r, 11.19, 3) == []  # 0.99 s after the last write
+    assert r.m.checkpoint == Resumable("sid-1", 3)
+    assert handled(r, 11.2, 4) == [cmd.WriteCheckpoint()]  # exactly 1.0 s after
+    assert handled(r, 11.3, 2) == []
+    assert handled(r, 11.4, None) == []
+    assert r.m.checkpoint == Resumable("sid-1", 4)
+    fields = r.m.snapshot_fields()
+    assert (fields["session_id"], fields["last_seq"], fields["received_seq"]) == ("sid-1", 4, 4)
+
+
+def test_checkpoint_interval_is_the_policys() -> None:
+    """A longer checkpoint_interval_s writes less often; an announcement restarts the wait."""
+    r = Run(Policy(checkpoint_interval_s=5.0))
+    r.alive(0.0)
+    assert handled(r, 1.0, 1) == [cmd.WriteCheckpoint()]
+    r.dispatch(1.0, 2)
+    assert handled(r, 5.9, 2) == []
+    assert handled(r, 6.0, 2) == [cmd.WriteCheckpoint()]
+
+
+def test_a_report_for_a_session_the_machine_does_not_hold_changes_nothing() -> None:
+    """DispatchHandled for another session (or none) is ignored: no write, no checkpoint."""
+    r = Run()
+    r.alive(0.0)
+    handled(r, 0.1, 1)
+    before = r.m.snapshot_fields()
+    assert handled(r, 5.0, 99, sid="another") == []
+    assert handled(r, 6.0, 99, sid=None) == []
+    assert r.m.snapshot_fields() == before
+
+
+@pytest.mark.parametrize("how", ["op9-false", "close-4006", "failed-resumes"])
+def test_snapshot_never_names_a_forgotten_session(how: str) -> None:
+    """The state-file race of issue 9: after the session is forgotten, and through the new
+    Identify and READY, no snapshot names the old session (let alone with 'alive'); late
+    reports for the old one are ignored; the new one is named once its READY was handled."""
+    r = Run(Policy(max_resume_failures=2))
+    seen: list[tuple[str, str | None]] = []
+
+    def look() -> None:
+        f = r.m.snapshot_fields()
+        assert f["session_id"] in (None, r.m.session_id), (f, r.m.session_id)
+        seen.append((f["state"], f["session_id"]))
+
+    r.alive(0.0)
+    handled(r, 0.1, 1)
+    for s in (2, 3, 4, 5):
+        r.dispatch(1.0, s)
+    handled(r, 1.1, 2)
+    look()
+    assert seen[-1] == ("alive", "sid-1")
+    if how == "op9-false":
+        r.feed(ev.InvalidSessionReceived(1, 20.0, False))
+    elif how == "close-4006":
+        r.close(20.0, 4006)
+    else:
+        t = 20.0
+        r.close(t, 1006)
+        for _ in range(2):  # two resumes fail before RESUMED: the session is forgotten
+            look()
+            t += 100.0
+            r.retry(t)
+            r.connect(t)
+            r.close(t + 6.0, 1006)
+    look()
+    assert r.m.session_id is None
+    assert seen[-1][1] is None
+    forgotten_at = len(seen) - 1
+    assert handled(r, 300.0, 3) == []  # the host lane still finishing the old session's events
+    look()
+    r.retry(400.0)
+    got = r.connect(400.0)
+    assert cmd.SendIdentify(r.n) in got
+    look()
+    got = r.ready(400.5, "sid-2", 1)
+    assert of(cmd.AnnounceState, got)[-1].state == "alive"
+    look()
+    assert seen[-1] == ("alive", None)  # READY not handled yet: no session named
+    assert handled(r, 400.6, 4) == []  # still the old session's: ignored
+    look()
+    assert handled(r, 400.7, 1, sid="sid-2") == [cmd.WriteCheckpoint()]
+    look()
+    assert seen[-1] == ("alive", "sid-2")
+    assert all(sid != "sid-1" for _, sid in seen[forgotten_at:]), seen
+    assert r.m.checkpoint == Resumable("sid-2", 1)
+
+
+@pytest.mark.parametrize("how", ["stop", "fatal"])
+def test_terminal_states_still_move_the_checkpoint_silently(how: str) -> None:
+    """After STOPPED or FATAL the host lane drains: its reports move the checkpoint (the driver
+    writes it on the way out) but the machine emits nothing."""
+    r = Run()
+    r.alive(0.0)
+    handled(r, 0.1, 1)
+    for s in (2, 3):
+        r.dispatch(0.2, s)
+    if how == "stop":
+        r.feed(ev.StopRequested(1.0))
+    else:
+        r.close(1.0, 4915)
+    assert r.m.is_terminal
+    assert handled(r, 5.0, 3) == []
+    assert r.m.checkpoint == Resumable("sid-1", 3)
+    assert r.m.snapshot_fields()["last_seq"] == 3
+
+
+def test_acknowledged_heartbeats_write_the_checkpoint_at_most_once_per_interval() -> None:
+    """A heartbeat ACK asks for a state-file rewrite (fresh updated_at on a quiet connection),
+    at most once per checkpoint_interval_s; an unsolicited ACK asks for nothing."""
+    r = Run(Policy(checkpoint_interval_s=60.0))
+    r.alive(0.0)
+    t = INTERVAL_S
+    writes = []
+    for _ in range(4):
+        r.fire(Timer.HEARTBEAT, t)
+        got = r.feed(ev.HeartbeatAcked(1, t + 0.05))
+        writes.append(of(cmd.WriteCheckpoint, got) != [])
+        t += INTERVAL_S
+    assert writes == [False, True, False, True]  # 41.3 s: too soon; 82.55 s: due; ...
+    assert r.feed(ev.HeartbeatAcked(1, t + 500.0)) == []  # nothing was awaited
+
+
+def test_announcements_carry_the_ending_that_caused_them() -> None:
+    """AnnounceState names the ending behind a change: the close for connection_ended, the
+    same ending for the assess that follows, none for a retry or a stop."""
+    r = Run()
+    r.alive(0.0)
+    got = r.close(1.0, 4009)  # a quick drop
+    changes = of(cmd.AnnounceState, got)
+    assert [(a.state, a.trigger) for a in changes] == [
+        ("quick_dropped", "connection_ended"),
+        ("backoff", "assess"),
+    ]
+    assert all(a.ending is not None and a.ending.kind is EndingKind.ROTATION for a in changes)
+    assert changes[0].ending == r.m.last_ending
+    got = r.retry(3.0)
+    assert of(cmd.AnnounceState, got)[0].ending is None
+    got = r.feed(ev.StopRequested(4.0))
+    assert of(cmd.AnnounceState, got) == [cmd.AnnounceState("stopped", "CONNECTING", "stop")]
+
+
+def test_the_fatal_announcement_carries_the_ending() -> None:
+    """Into FATAL, the announcement carries the fatal close (kind, code, reason)."""
+    r = Run()
+    r.alive(0.0)
+    (fatal,) = [a for a in of(cmd.AnnounceState, r.close(10.0, 4915)) if a.state == "fatal"]
+    assert fatal.ending is not None
+    assert (fatal.ending.kind, fatal.ending.close_code) == (EndingKind.FATAL_CLOSE, 4915)
+
+
+@pytest.mark.parametrize(
+    ("how", "kind", "trigger"),
+    [
+        ("zombie", EndingKind.ZOMBIE, "ack_due"),
+        ("stale", EndingKind.STALE, "heartbeat_due"),
+        ("send-failures", EndingKind.SEND_FAILED, "heartbeat_failed"),
+        ("attempt-deadline", EndingKind.DEADLINE, "attempt_deadline_passed"),
+    ],
+)
+def test_detected_ends_lead_to_quick_dropped_then_backoff_when_young(
+    how: str, kind: EndingKind, trigger: str
+) -> None:
+    """Zombie, stale, failed sends and the attempt deadline are rows that lead where the end
+    goes: a young connection passes QUICK_DROPPED on its way to BACKOFF."""
+    r = Run(Policy(connect_timeout_s=3.0))
+    r.start(0.0)
+    r.connect(0.5, interval=1000)
+    ENDERS[how](r, 0.5)
+    changes = [(a.state, a.trigger) for a in of(cmd.AnnounceState, r.out)][1:]
+    assert changes == [("quick_dropped", trigger), ("backoff", "assess")]
+    assert r.m.last_ending is not None and r.m.last_ending.kind is kind
+
+
+@pytest.mark.parametrize("how", ["zombie", "stale"])
+def test_detected_ends_of_an_old_connection_go_straight_to_backoff(how: str) -> None:
+    """A zombie or stale connection that lived past the threshold goes straight to BACKOFF."""
+    r = Run()
+    r.alive(0.0)
+    t = 100 * INTERVAL_S
+    r.dispatch(t - 1.0, None)
+    r.fire(Timer.HEARTBEAT, t)
+    if how == "zombie":  # no ACK: the next heartbeat finds it unanswered
+        got = r.fire(Timer.HEARTBEAT, t + INTERVAL_S)
+    else:  # answered, then silence for three intervals
+        r.feed(ev.HeartbeatAcked(1, t + 0.05))
+        got = r.fire(Timer.HEARTBEAT, t + 0.05 + 3 * INTERVAL_S)
+    changes = [(a.state, a.trigger) for a in of(cmd.AnnounceState, got)]
+    assert changes == [("backoff", "heartbeat_due")]
+    kind = EndingKind.ZOMBIE if how == "zombie" else EndingKind.STALE
+    assert r.m.last_ending is not None and r.m.last_ending.kind is kind
+    assert r.m.quick_drops == 0
+
+
+def test_an_oversized_frame_resumes_with_backoff_and_is_logged() -> None:
+    """qqconn's own WebSocket closed 1009 (frame above max_frame_bytes): a transport failure,
+    classified by the machine from the raw fact; logged with the limit; Resume with backoff."""
+    r = Run()
+    r.alive(0.0)
+    got = r.feed(ev.SocketClosed(1, 100.0, None, "", sent_code=1009))
+    assert r.m.state is State.BACKOFF
+    assert 2.0 * 0.8 <= r.backoff_delay(got) <= 2.0 * 1.2
+    ending = r.m.last_ending
+    assert ending is not None and ending.kind is EndingKind.FRAME_TOO_LARGE
+    assert ending.close_code == 1009 and ending.reason == "closed 1009: frame too large"
+    (line,) = [c for c in r.log.calls if c.args and c.args[0] == "qqconn.frame_too_large"]
+    assert line.method_name == "warning" and line.kwargs["max_bytes"] == 4 * 1024 * 1024
+    r.retry(110.0)
+    assert cmd.SendResume(2, "sid-1", 1) in r.connect(110.0)
+
+
+def test_refused_credentials_refresh_once_then_fatal() -> None:
+    """ConnectFailed(refused=True): judged like close 4004: a fresh token for the next attempt;
+    refused again before READY → FATAL, not retryable, saying so."""
+    r = Run()
+    r.start(0.0)
+    r.feed(ev.ConnectFailed(1, 0.1, "token", "token endpoint refused", refused=True))
+    assert r.m.state is State.BACKOFF
+    assert r.m.last_ending is not None
+    assert r.m.last_ending.kind is EndingKind.CREDENTIALS_REFUSED
+    got = r.retry(10.0)
+    assert cmd.OpenSocket(2, refresh_token=True) in got
+    got = r.feed(ev.ConnectFailed(2, 10.1, "token", "token endpoint refused", refused=True))
+    assert r.m.state is State.FATAL
+    (note,) = of(cmd.NotifyFatal, got)
+    assert not note.retryable
+    assert note.reason.startswith("authentication failed again after a token refresh")
+
+
+def test_snapshot_fields_are_the_state_files_and_json_able() -> None:
+    """snapshot_fields() holds only state-file keys, is JSON-able, and names the last ending
+    and the fatal reason once there are some."""
+    import json
+
+    from qqconn.checkpoint import SCHEMA_KEYS
+
+    r = Run()
+    fields = r.m.snapshot_fields()
+    assert set(fields) <= SCHEMA_KEYS
+    assert fields["last_ending"] is None and fields["fatal"] is None
+    r.alive(0.0)
+    r.close(1.0, 4009)
+    fields = r.m.snapshot_fields()
+    assert fields["last_ending"] == {
+        "kind": "rotation",
+        "reason": "closed 4009",
+        "close_code": 4009,
+    }
+    r.retry(2.0)
+    r.connect(2.0)
+    r.close(2.5, 4915)
+    fields = r.m.snapshot_fields()
+    assert fields["fatal"] == {
+        "reason": "close 4915: bot banned",
+        "close_code": 4915,
+        "retryable": False,
+    }
+    assert json.loads(json.dumps(fields)) == fields
+    assert set(SCHEMA_KEYS) - set(fields) == {"app_id", "shard", "updated_at", "updated_at_unix"}
+
+
 # -- stop, terminal states, misuse ------------------------------------------------------------------
 
 
@@ -1226,15 +1602,15 @@ def test_terminal_states_absorb_every_event(name: str) -> None:
 def test_started_twice_raises_with_state_unchanged(name: str) -> None:
     """Host misuse: Started twice raises LocalProtocolError and leaves the machine unchanged."""
     r = _configured(name)
-    state, counters = r.m.state, r.m.counters()
+    state, counters = r.m.state, r.m.snapshot_fields()
     with pytest.raises(LocalProtocolError) as info:
         r.feed(ev.Started(700.0))
     assert info.value.state == state.name
     assert r.m.state is state
-    assert r.m.counters() == counters
+    assert r.m.snapshot_fields() == counters
     # The machine still works after the refusal.
     if state is State.ALIVE:
-        assert r.dispatch(800.0, 50) == [cmd.DeliverDispatch(50)]
+        assert r.dispatch(800.0, 50) == [delivers(50)]
     if state is State.BACKOFF:
         r.retry(800.0)
         assert r.m.state is State.CONNECTING
@@ -1250,12 +1626,14 @@ def test_events_from_an_old_attempt_are_dropped(name: str) -> None:
         if r.m.state is State.BACKOFF:
             r.retry(110.0)
         r.connect(110.0)
-    state, counters = r.m.state, r.m.counters()
-    for make in ALL_EVENTS[1:]:  # every event but StopRequested
-        for n in (r.n - 1, r.n + 1, 0):
-            assert r.feed(make(n, 120.0)) == []
+    state, counters = r.m.state, r.m.snapshot_fields()
+    for n in (r.n - 1, r.n + 1, 0):
+        for event in every_event(n, 120.0):
+            if getattr(event, "attempt", None) is None:
+                continue  # StopRequested, DispatchHandled: no attempt to be old
+            assert r.feed(event) == []
             assert r.m.state is state
-            assert r.m.counters() == counters
+            assert r.m.snapshot_fields() == counters
 
 
 # -- the table itself ---------------------------------------------------------------------------
@@ -1290,9 +1668,9 @@ def test_terminal_states_have_no_way_out() -> None:
 def test_every_reachable_state_event_pair_has_a_defined_outcome(name: str) -> None:
     """Every event in every reachable state yields commands or nothing, never a MachineError."""
     _, expected = CONFIGS[name]
-    for make in [lambda n, t: ev.Started(t), *ALL_EVENTS]:
+    for i in range(len(every_event(0, 0.0)) + 1):
         r = _configured(name)
-        event = make(r.n, 900.0)
+        event = [ev.Started(900.0), *every_event(r.n, 900.0)][i]
         try:
             r.feed(event)
         except LocalProtocolError:

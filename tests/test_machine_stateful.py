@@ -1,18 +1,22 @@
-"""A Hypothesis model of the connection machine, checked against a small reference of behaviour.md.
+"""A Hypothesis model of the connection machine, checked against a small reference of
+docs/behaviour.md.
 
-Each step draws only an event that can really happen in the current state (anchors §8.2: drawing
-among all events misses deep bugs), on a simulated clock that tests choose, including lifetimes
+Each step draws only an event that can really happen in the current state (drawing among all
+events misses deep bugs), on a simulated clock that tests choose, including lifetimes
 straddling the 5 s quick-drop threshold. The reference model below is plain Python written from
-behaviour.md's rules; it never asks the machine's guards. After every step the machine and the
-model must agree on the state, the counters and the session, and on what commands came out.
+docs/behaviour.md's rules; it never asks the machine's guards. After every step the machine and
+the model must agree on the state, the counters, the session and the resume checkpoint, and on
+what commands came out. Two facts come from the code base itself rather than being restated:
+the fatal close-code set (``qqconn.endings.FATAL_CLOSE_CODES``, pinned literally in
+tests/test_endings.py) and the backoff step (``backoff_index``, pinned there too).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, event, settings
@@ -22,14 +26,17 @@ from structlog.testing import CapturingLogger
 
 from qqconn import commands as cmd
 from qqconn import events as ev
+from qqconn.checkpoint import Resumable
+from qqconn.endings import FATAL_CLOSE_CODES, backoff_index
 from qqconn.errors import LocalProtocolError
 from qqconn.events import Timer
 from qqconn.machine import ConnectionMachine
 from qqconn.policy import Policy
+from qqconn.testing.events import dispatch_received, one_of_each, ready_received
 
-# -- behaviour.md, restated ---------------------------------------------------------------------
+# -- docs/behaviour.md, restated ----------------------------------------------------------------
 
-FATAL_CODES = frozenset({4001, 4002, 4010, 4011, 4012, 4013, 4014, 4914, 4915, 4924})
+FATAL_CODES = FATAL_CLOSE_CODES
 #: Non-fatal close codes a server may send (the common ones twice); fatal ones are drawn rarely.
 CLOSE_CODES = [
     None, 1006, 4009, 1000, 1001, 1005, 1011, 4004, 4006, 4007, 4008, 4900, 4902, 4903,
@@ -53,7 +60,7 @@ POLICIES = [
 
 
 def reaction(code: int | None) -> str:
-    """behaviour.md's close-code table: what a close with ``code`` (None: no frame) calls for."""
+    """docs/behaviour.md's close-code table: what a close with ``code`` (None: no frame) calls for."""
     if code in FATAL_CODES:
         return "fatal"
     if code == 4009:
@@ -88,11 +95,12 @@ class Expect:
     fatal: bool | None = None  # the retryable flag of a NotifyFatal, None: no notify
     close: bool = False
     dispatch: cmd.Command | None = None
+    checkpoint: bool = False  # a WriteCheckpoint
 
 
 @dataclass
 class Reference:
-    """The reference model: counters, session and outcome, from behaviour.md's rules only."""
+    """The reference model: counters, session and outcome, from docs/behaviour.md's rules only."""
 
     p: Policy
     state: str = "connecting"
@@ -105,6 +113,9 @@ class Reference:
     reached: bool = False  # READY/RESUMED on this attempt
     session: str | None = None
     last_seq: int | None = None
+    #: the resume checkpoint: the session and s the host finished with
+    handled: tuple[str, int | None] | None = None
+    checkpoint_at: float = -math.inf
     quick: int = 0
     failed: int = 0
     resume_failures: int = 0
@@ -170,6 +181,8 @@ class Reference:
         if how == "identify" or self.resume_failures >= self.p.max_resume_failures:
             if how != "identify" and self.session is not None:
                 event("session forgotten after failed resumes")
+            if self.session is not None:
+                self.handled = None  # a forgotten session is nobody's checkpoint
             self.session = None
             self.resume_failures = 0
         self._close(x)
@@ -190,8 +203,7 @@ class Reference:
         elif how == "rate_limit":
             x.backoff = (self.p.rate_limit_wait_s, self.p.rate_limit_wait_s)
         else:
-            table = self.p.backoff_s
-            base = table[min(max(self.failed - 1, 0), len(table) - 1)]
+            base = self.p.backoff_s[backoff_index(self.failed, self.p)]
             j = self.p.backoff_jitter
             x.backoff = (base * (1 - j), base * (1 + j))
 
@@ -232,32 +244,19 @@ class Reference:
         x.heartbeat = True
 
 
-def _event_makers() -> list[Any]:
+def other_events(n: int, t: float) -> list[ev.Event]:
+    """Every event type but Started (``qqconn.testing.events.one_of_each``), plus a fatal
+    close and the other timers: what a terminal machine or an old attempt may be fed."""
     return [
-        lambda n, t: ev.StopRequested(t),
-        lambda n, t: ev.ConnectFailed(n, t, "token", "x"),
-        lambda n, t: ev.SocketOpened(n, t),
-        lambda n, t: ev.HelloReceived(n, t, 41250),
-        lambda n, t: ev.ReadyReceived(n, t, "s-x", 3),
-        lambda n, t: ev.ResumedReceived(n, t, 3),
-        lambda n, t: ev.DispatchReceived(n, t, 10**6),
-        lambda n, t: ev.HeartbeatAcked(n, t),
-        lambda n, t: ev.HeartbeatRequested(n, t),
-        lambda n, t: ev.HeartbeatSent(n, t),
-        lambda n, t: ev.HeartbeatSendFailed(n, t, "x"),
-        lambda n, t: ev.ReconnectRequested(n, t),
-        lambda n, t: ev.InvalidSessionReceived(n, t, False),
-        lambda n, t: ev.FrameRejected(n, t, "x"),
-        lambda n, t: ev.SocketClosed(n, t, 4914),
-        lambda n, t: ev.SocketClosed(n, t, None),
-        lambda n, t: ev.TimerFired(Timer.HEARTBEAT, n, t),
-        lambda n, t: ev.TimerFired(Timer.ACK_DEADLINE, n, t),
-        lambda n, t: ev.TimerFired(Timer.ATTEMPT_DEADLINE, n, t),
-        lambda n, t: ev.TimerFired(Timer.BACKOFF, n, t),
+        *(e for e in one_of_each(n, t, session_id="s-x", seq=10**6) if type(e) is not ev.Started),
+        ev.SocketClosed(n, t, 4914),
+        ev.TimerFired(Timer.ACK_DEADLINE, n, t),
+        ev.TimerFired(Timer.ATTEMPT_DEADLINE, n, t),
+        ev.TimerFired(Timer.BACKOFF, n, t),
     ]
 
 
-EVENT_MAKERS = _event_makers()
+OTHER_EVENTS = len(other_events(0, 0.0))
 SOCKET_TIMERS = (Timer.HEARTBEAT, Timer.ACK_DEADLINE, Timer.ATTEMPT_DEADLINE)
 
 
@@ -273,6 +272,9 @@ class ConnectionModel(RuleBasedStateMachine):
         self.pending_sends = 0
         self.notifies = 0
         self.finishes = 0
+        #: what the host lane was handed and has not finished with: (session_id, seq)
+        self.host_lane: deque[tuple[str | None, int | None]] = deque()
+        self.state_before = "connecting"
 
     @initialize(
         policy=st.sampled_from(POLICIES),
@@ -281,11 +283,14 @@ class ConnectionModel(RuleBasedStateMachine):
     )
     def setup(self, policy: Policy, seed: int, restored: tuple[str, int | None] | None) -> None:
         """A fresh machine with one of the policies, a seeded RNG, maybe a restored session."""
-        self.m = ConnectionMachine(policy, rng=random.Random(seed), logger=CapturingLogger())
         self.ref = Reference(policy)
+        saved = None if restored is None else Resumable(*restored)
+        self.m = ConnectionMachine(
+            policy, rng=random.Random(seed), logger=CapturingLogger(), restored=saved
+        )
         if restored is not None:
-            self.m.restore_session(*restored)
             self.ref.session, self.ref.last_seq = restored
+            self.ref.handled = restored
 
     # -- which events can happen now ---------------------------------------------------------
 
@@ -296,11 +301,13 @@ class ConnectionModel(RuleBasedStateMachine):
         misuse are drawn separately and rarely (see :meth:`step`).
         """
         r = self.ref
+        handled = ["handled"] * 3 if self.host_lane else []
         if r.terminal:
-            return ["poke_terminal"]
+            return ["poke_terminal", *handled]
         if not r.started:
             return ["start"]
         weights: dict[str, int] = {"advance": 4, "old_attempt": 1 if r.attempt > 1 else 0}
+        weights["handled"] = 3 if self.host_lane else 0
         if r.state == "backoff":
             weights["fire_backoff"] = 8
         elif r.opened_at is None:
@@ -334,12 +341,15 @@ class ConnectionModel(RuleBasedStateMachine):
             kind = "start_again"
         else:
             kind = data.draw(st.sampled_from(self.enabled()), label="event")
+        self.state_before = self.ref.state
         getattr(self, f"_{kind}")(data)
 
     # -- feeding and checking ----------------------------------------------------------------
 
     def feed(self, event: ev.Event, x: Expect) -> list[cmd.Command]:
         got = self.m.handle(event)
+        if self.ref.state != self.state_before:
+            self.ref.checkpoint_at = self.now  # every state change rewrites the state file
         self.apply(got)
         self.check(got, x)
         return got
@@ -366,6 +376,8 @@ class ConnectionModel(RuleBasedStateMachine):
                     self.notifies += 1
                 case cmd.Finish():
                     self.finishes += 1
+                case cmd.DeliverDispatch(dispatch=d, session_id=sid):
+                    self.host_lane.append((sid, d.seq))
 
     def check(self, got: list[cmd.Command], x: Expect) -> None:
         """The commands of one step are the ones the reference expects."""
@@ -401,6 +413,8 @@ class ConnectionModel(RuleBasedStateMachine):
             assert closes[0].code not in (1000, 1001)
         deliveries = [c for c in got if isinstance(c, cmd.DeliverDispatch | cmd.DropDispatch)]
         assert deliveries == ([x.dispatch] if x.dispatch else []), got
+        writes = [c for c in got if isinstance(c, cmd.WriteCheckpoint)]
+        assert len(writes) == (1 if x.checkpoint else 0), got
         for a in (c for c in got if isinstance(c, cmd.AnnounceState)):
             if a.state == "alive":  # rule 13: alive only after READY/RESUMED
                 assert a.trigger in ("ready", "resumed")
@@ -422,24 +436,43 @@ class ConnectionModel(RuleBasedStateMachine):
         self.feed(ev.StopRequested(self.now), x)
 
     def _start_again(self, data: st.DataObject) -> None:
-        before = (self.m.state, self.m.counters())
+        before = (self.m.state, self.m.snapshot_fields())
         with pytest.raises(LocalProtocolError):
             self.m.handle(ev.Started(self.now))
-        assert (self.m.state, self.m.counters()) == before
+        assert (self.m.state, self.m.snapshot_fields()) == before
 
     def _poke_terminal(self, data: st.DataObject) -> None:
-        make = data.draw(st.sampled_from(EVENT_MAKERS), label="terminal event")
+        pick = data.draw(st.integers(0, OTHER_EVENTS - 1), label="terminal event")
         n = self.ref.attempt + data.draw(st.sampled_from([-1, 0, 1]), label="attempt offset")
-        before = self.m.counters()
-        assert self.m.handle(make(n, self.now)) == []
-        assert self.m.counters() == before
+        before = self.m.snapshot_fields()
+        assert self.m.handle(other_events(n, self.now)[pick]) == []
+        assert self.m.snapshot_fields() == before
 
     def _old_attempt(self, data: st.DataObject) -> None:
-        make = data.draw(st.sampled_from(EVENT_MAKERS[1:]), label="old event")
         n = data.draw(st.integers(0, self.ref.attempt - 1), label="old attempt")
-        before = (self.m.state, self.m.counters())
-        assert self.m.handle(make(n, self.now)) == []
-        assert (self.m.state, self.m.counters()) == before
+        events = [e for e in other_events(n, self.now) if getattr(e, "attempt", None) is not None]
+        event = events[data.draw(st.integers(0, len(events) - 1), label="old event")]
+        before = (self.m.state, self.m.snapshot_fields())
+        assert self.m.handle(event) == []
+        assert (self.m.state, self.m.snapshot_fields()) == before
+
+    def _handled(self, data: st.DataObject) -> None:
+        """The host lane finishes with the oldest dispatch it was handed (in order)."""
+        sid, seq = self.host_lane.popleft()
+        r, x = self.ref, Expect()
+        if sid is not None and sid == r.session:
+            new = r.handled is None or r.handled[0] != sid
+            moved = (
+                r.handled is not None
+                and seq is not None
+                and (r.handled[1] is None or seq > r.handled[1])
+            )
+            if new or moved:
+                r.handled = (sid, seq)
+            if not r.terminal and (new or self.now - r.checkpoint_at >= r.p.checkpoint_interval_s):
+                r.checkpoint_at = self.now
+                x.checkpoint = True
+        self.feed(ev.DispatchHandled(self.now, sid, seq), x)
 
     def _advance(self, data: st.DataObject) -> None:
         dt = data.draw(
@@ -503,8 +536,9 @@ class ConnectionModel(RuleBasedStateMachine):
         self.ref.last_seq = seq  # READY sets last seq to its s
         self.ref.session_reached()
         # An adopted READY is itself handed to the host (and only an adopted one).
-        x = Expect(dispatch=cmd.DeliverDispatch(seq))
-        self.feed(ev.ReadyReceived(self.ref.attempt, self.now, sid, seq), x)
+        event = ready_received(self.ref.attempt, self.now, sid, seq)
+        x = Expect(dispatch=cmd.DeliverDispatch(event.dispatch, sid))
+        self.feed(event, x)
 
     def _resumed(self, data: st.DataObject) -> None:
         last = self.ref.last_seq
@@ -526,14 +560,15 @@ class ConnectionModel(RuleBasedStateMachine):
             seq = None
         x = Expect()
         self.ref.last_frame = self.now
+        event = dispatch_received(self.ref.attempt, self.now, seq)
         if seq is None:
-            x.dispatch = cmd.DeliverDispatch(None)
+            x.dispatch = cmd.DeliverDispatch(event.dispatch, self.ref.session)
         elif last is not None and seq <= last:
             x.dispatch = cmd.DropDispatch(seq, last)
         else:
             self.ref.last_seq = seq
-            x.dispatch = cmd.DeliverDispatch(seq)
-        self.feed(ev.DispatchReceived(self.ref.attempt, self.now, seq), x)
+            x.dispatch = cmd.DeliverDispatch(event.dispatch, self.ref.session)
+        self.feed(event, x)
 
     def _close(self, data: st.DataObject) -> None:
         fatal = data.draw(st.integers(0, 19), label="fatal close?") == 19
@@ -579,7 +614,7 @@ class ConnectionModel(RuleBasedStateMachine):
             odd.append(ev.ResumedReceived(n, self.now, 99))
         if self.ref.state == "alive":
             odd += [
-                ev.ReadyReceived(n, self.now, "sess-z", 99),
+                ready_received(n, self.now, "sess-z", 99),
                 ev.ResumedReceived(n, self.now, 99),
             ]
         event = data.draw(st.sampled_from(odd), label="oddity")
@@ -587,9 +622,14 @@ class ConnectionModel(RuleBasedStateMachine):
         self.feed(event, Expect())
 
     def _ack(self, data: st.DataObject) -> None:
-        self.ref.last_frame = self.now
-        self.ref.awaiting_ack = False
-        self.feed(ev.HeartbeatAcked(self.ref.attempt, self.now), Expect())
+        r, x = self.ref, Expect()
+        r.last_frame = self.now
+        r.awaiting_ack = False
+        # An acknowledged heartbeat rewrites the state file, at most once per interval.
+        if self.now - r.checkpoint_at >= r.p.checkpoint_interval_s:
+            r.checkpoint_at = self.now
+            x.checkpoint = True
+        self.feed(ev.HeartbeatAcked(r.attempt, self.now), x)
 
     def _beat_sent(self, data: st.DataObject) -> None:
         self.pending_sends -= 1
@@ -626,6 +666,12 @@ class ConnectionModel(RuleBasedStateMachine):
         assert m.resume_failures == r.resume_failures
         assert m.session_id == r.session
         assert m.last_seq == r.last_seq
+        assert m.checkpoint == (None if r.handled is None else Resumable(*r.handled))
+        fields = m.snapshot_fields()
+        assert (fields["session_id"], fields["last_seq"]) == (r.handled or (None, None))
+        assert fields["received_seq"] == r.last_seq
+        # The race of issue 9: a snapshot never names a session the machine has forgotten.
+        assert fields["session_id"] in (None, m.session_id)
         assert m.attempt == r.attempt
         assert 0 <= m.quick_drops <= p.max_quick_disconnects
         assert 0 <= m.failed_attempts <= p.max_reconnect_attempts

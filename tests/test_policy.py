@@ -1,26 +1,26 @@
-"""qqconn.policy: the limits, the Hello-interval rule, the backoff delays and the close-code table."""
+"""qqconn.policy: the limits, their validation, the Hello-interval rule and the named bounds.
+
+The close-code table and the delay ladder are :mod:`qqconn.endings`'s (tests/test_endings.py).
+"""
 
 from __future__ import annotations
 
-import math
 import random
+import tomllib
 from dataclasses import fields
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
+from qqconn import endings
+from qqconn import policy as policy_module
 from qqconn.errors import ConfigError
 from qqconn.policy import (
-    CloseClass,
-    Delay,
-    Ending,
+    CLOSE_GRACE_S,
+    STOP_SLACK_S,
+    TOKEN_RENEWAL_WINDOW_S,
     Policy,
-    Session,
     backoff_delay,
-    classify_close,
-    close_class,
 )
 
 NAN = float("nan")
@@ -30,7 +30,7 @@ INF = float("inf")
 
 
 def test_defaults_are_behaviour_md_defaults() -> None:
-    """Every bracketed default of behaviour.md is the Policy default."""
+    """Every bracketed default of docs/behaviour.md is the Policy default."""
     p = Policy()
     assert p.quick_disconnect_threshold_s == 5.0
     assert p.max_quick_disconnects == 3
@@ -46,6 +46,8 @@ def test_defaults_are_behaviour_md_defaults() -> None:
     assert p.stale_after_intervals == 3.0
     assert p.max_heartbeat_send_failures == 3
     assert p.heartbeat_log_every == 5
+    assert p.checkpoint_interval_s == 1.0  # the state file: at most once a second
+    assert p.token_refresh_margin_s == 50.0  # inside the endpoint's 60 s renewal window
 
 
 def test_defaults_delays_are_short_and_jittered() -> None:
@@ -79,6 +81,7 @@ POSITIVE_FLOATS = [
     "stale_after_intervals",
     "close_timeout_s",
     "resume_window_s",
+    "checkpoint_interval_s",
 ]
 COUNTS = [
     "max_quick_disconnects",
@@ -130,6 +133,10 @@ def _invalid_cases() -> list[tuple[str, Any]]:
         ("backoff_jitter", True),
         ("heartbeat_ack_timeout_ratio", 1.5),
     ]
+    cases += [
+        ("token_refresh_margin_s", v)
+        for v in (-1.0, NAN, INF, True, "50", None, 60.0, 60, 61.0, 3600.0)
+    ]
     return cases
 
 
@@ -146,6 +153,27 @@ def test_every_field_is_validated() -> None:
     """Every Policy field appears in the invalid-value cases (a new field cannot skip them)."""
     covered = {name for name, _ in _invalid_cases()}
     assert covered == {f.name for f in fields(Policy)}
+
+
+def test_token_refresh_margin_may_be_zero_and_just_below_the_window() -> None:
+    """token_refresh_margin_s accepts 0 (refresh only when expired) and 59.9 s (inside the
+    endpoint's 60 s renewal window), and names the window when it refuses 60."""
+    assert Policy(token_refresh_margin_s=0).token_refresh_margin_s == 0
+    assert Policy(token_refresh_margin_s=59.9).token_refresh_margin_s == 59.9
+    with pytest.raises(ConfigError, match="below 60 s"):
+        Policy(token_refresh_margin_s=TOKEN_RENEWAL_WINDOW_S)
+
+
+def test_close_and_stop_bounds_are_named_and_follow_close_timeout() -> None:
+    """The driver's bounds are the policy's: closing one socket is bounded by close_timeout_s
+    plus CLOSE_GRACE_S (0.5 s); stop() by two close_timeout_s plus STOP_SLACK_S (1 s)."""
+    assert (CLOSE_GRACE_S, STOP_SLACK_S) == (0.5, 1.0)
+    assert Policy().close_bound_s == 2.5
+    assert Policy().stop_bound_s == 5.0
+    p = Policy(close_timeout_s=0.25)
+    assert p.close_bound_s == 0.75
+    assert p.stop_bound_s == 1.5
+    assert p.close_bound_s > p.close_timeout_s  # the library's own timeout fires first
 
 
 def test_inverted_heartbeat_bounds_are_refused() -> None:
@@ -210,6 +238,23 @@ def test_from_mapping_validates_values() -> None:
     assert info.value.field == "invalid_session_delay_s"
 
 
+def test_from_mapping_accepts_every_field_from_a_toml_policy_table() -> None:
+    """Every Policy field can be set from a [policy] TOML table, the new bounds included."""
+    table = tomllib.loads(
+        "[policy]\ncheckpoint_interval_s = 2.5\ntoken_refresh_margin_s = 30\n"
+        "close_timeout_s = 1.0\nbackoff_s = [1, 2]\n"
+    )["policy"]
+    p = Policy.from_mapping(table)
+    assert (p.checkpoint_interval_s, p.token_refresh_margin_s) == (2.5, 30)
+    assert p.stop_bound_s == 3.0 and p.backoff_s == (1, 2)
+    defaults = Policy()
+    every = {f.name: getattr(defaults, f.name) for f in fields(Policy)}
+    assert Policy.from_mapping(every) == defaults
+    with pytest.raises(ConfigError) as info:
+        Policy.from_mapping({"checkpoint_interval_s": 0})
+    assert info.value.field == "checkpoint_interval_s"
+
+
 def test_from_mapping_empty_is_the_default() -> None:
     """An empty [policy] table gives the defaults."""
     assert Policy.from_mapping({}) == Policy()
@@ -249,163 +294,22 @@ def test_heartbeat_interval_default_follows_policy() -> None:
     assert p.heartbeat_interval(None) == (1.0, True)
 
 
-# -- backoff --------------------------------------------------------------------------------------
+# -- what moved to qqconn.endings ----------------------------------------------------------------
 
 
-@given(failures=st.integers(min_value=0, max_value=10_000), seed=st.integers(0, 2**32))
-def test_backoff_delay_follows_backoff_s_within_jitter(failures: int, seed: int) -> None:
-    """The delay after n failures is backoff_s[n-1] (index 0 for 0, last repeats) × [0.8, 1.2]."""
+def test_endings_names_are_re_exported_unchanged() -> None:
+    """``from qqconn.policy import Ending`` (and the other table names) keeps working."""
+    for name in ("CloseClass", "Delay", "Ending", "EndingKind", "Session"):
+        assert getattr(policy_module, name) is getattr(endings, name)
+    assert policy_module.classify_close is endings.classify_close
+    assert policy_module.close_class is endings.close_class
+
+
+def test_backoff_delay_is_next_delay_on_the_backoff_ladder() -> None:
+    """backoff_delay(policy, n, rng) is next_delay for an ending that waits backoff_s."""
     p = Policy()
-    base = p.backoff_s[min(max(failures - 1, 0), len(p.backoff_s) - 1)]
-    delay = backoff_delay(p, failures, random.Random(seed))
-    assert base * (1 - p.backoff_jitter) <= delay <= base * (1 + p.backoff_jitter)
-
-
-@given(
-    backoff=st.lists(
-        st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=8
-    ).map(tuple),
-    jitter=st.floats(min_value=0, max_value=0.99),
-    failures=st.integers(min_value=0, max_value=50),
-    seed=st.integers(0, 2**32),
-)
-def test_backoff_delay_any_policy_stays_within_bounds(
-    backoff: tuple[float, ...], jitter: float, failures: int, seed: int
-) -> None:
-    """For any valid policy the delay is finite, ≥ 0 and within the jittered bounds."""
-    p = Policy(backoff_s=backoff, backoff_jitter=jitter)
-    base = backoff[min(max(failures - 1, 0), len(backoff) - 1)]
-    delay = backoff_delay(p, failures, random.Random(seed))
-    assert math.isfinite(delay)
-    assert delay >= 0
-    assert base * (1 - jitter) - 1e-9 <= delay <= base * (1 + jitter) + 1e-9
-
-
-def test_backoff_delay_without_jitter_is_the_table() -> None:
-    """With jitter 0 the delays are exactly backoff_s, the last value repeating."""
-    p = Policy(backoff_jitter=0.0)
-    rng = random.Random(0)
-    got = [backoff_delay(p, n, rng) for n in range(0, 9)]
-    assert got == [2.0, 2.0, 5.0, 10.0, 30.0, 60.0, 60.0, 60.0, 60.0]
-
-
-def test_backoff_delay_jitter_spreads_connections() -> None:
-    """Jitter makes many connections wait different times (they do not reconnect in step)."""
-    p = Policy()
-    delays = {backoff_delay(p, 3, random.Random(seed)) for seed in range(50)}
-    assert len(delays) > 40
-    assert min(delays) < 10.0 < max(delays)
-
-
-def test_backoff_delay_is_deterministic_for_a_seed() -> None:
-    """The delay depends only on the injected RNG (no global random)."""
-    p = Policy()
-    assert backoff_delay(p, 2, random.Random(7)) == backoff_delay(p, 2, random.Random(7))
-
-
-# -- the close-code table (one test per row of behaviour.md's table) ------------------------------
-
-
-def _assert_resume_with_backoff(e: Ending) -> None:
-    assert e.session is Session.KEEP
-    assert e.delay is Delay.BACKOFF
-    assert e.counts_as_quick
-    assert not e.fatal
-    assert not e.auth_failure
-    assert not e.always_consumes_attempt
-
-
-def test_close_4009_resumes_after_a_short_jittered_delay() -> None:
-    """Row 'close 4009 (the normal ~30 min rotation)': Resume after a short jittered delay."""
-    e = classify_close(4009, "Session timed out")
-    assert close_class(4009) is CloseClass.ROTATION
-    assert e.session is Session.KEEP
-    assert e.delay is Delay.ROTATION
-    assert e.counts_as_quick
-    assert not e.fatal
-    assert e.close_code == 4009
-
-
-@pytest.mark.parametrize("code", [1000, 1001, 1005, 1006, None])
-def test_close_transport_codes_resume_with_backoff(code: int | None) -> None:
-    """Row 'close 1000/1001/1005/1006, no close frame, network error': Resume, with backoff."""
-    assert close_class(code) is CloseClass.TRANSIENT
-    _assert_resume_with_backoff(classify_close(code))
-
-
-@pytest.mark.parametrize("code", [1002, 1009, 1011, 1012, 3000])
-def test_close_other_transport_codes_resume_with_backoff(code: int) -> None:
-    """Other WebSocket codes (1011 keepalive timeout …) are network errors: Resume, with backoff."""
-    assert close_class(code) is CloseClass.TRANSIENT
-    _assert_resume_with_backoff(classify_close(code))
-
-
-@pytest.mark.parametrize(
-    "code", [4006, 4007, 4900, 4901, 4902, 4903, 4905, 4910, 4913, 4916, 4920, 4950, 4999]
-)
-def test_close_identify_codes_forget_the_session(code: int) -> None:
-    """Row '4006, 4007, 4900–4913 and other 49xx except 4914/4915/4924': forget, Identify, backoff."""
-    e = classify_close(code)
-    assert close_class(code) is CloseClass.IDENTIFY
-    assert e.session is Session.FORGET
-    assert e.delay is Delay.BACKOFF
-    assert e.counts_as_quick
-    assert not e.fatal
-    assert e.close_code == code
-
-
-@pytest.mark.parametrize("code", [4000, 4003, 4005, 4015, 4100, 4500, 4899])
-def test_close_unknown_4xxx_forgets_the_session(code: int) -> None:
-    """A 4xxx code behaviour.md has no row for is treated as 'cannot resume': Identify, backoff."""
-    e = classify_close(code)
-    assert e.session is Session.FORGET
-    assert e.delay is Delay.BACKOFF
-    assert not e.fatal
-
-
-def test_close_4004_refreshes_the_token_and_keeps_the_session() -> None:
-    """Row 'close 4004': fetch a fresh token and retry once (the machine makes the 2nd fatal)."""
-    e = classify_close(4004, "authentication fail")
-    assert close_class(4004) is CloseClass.AUTH
-    assert e.auth_failure
-    assert e.session is Session.KEEP
-    assert not e.fatal
-    assert e.counts_as_quick
-
-
-def test_close_4008_waits_keeps_session_and_consumes_an_attempt() -> None:
-    """Row 'close 4008': keep the session, wait rate_limit_wait_s, Resume; consumes an attempt."""
-    e = classify_close(4008)
-    assert close_class(4008) is CloseClass.RATE_LIMITED
-    assert e.session is Session.KEEP
-    assert e.delay is Delay.RATE_LIMIT
-    assert e.always_consumes_attempt
-    assert not e.fatal
-
-
-@pytest.mark.parametrize("code", [4001, 4002, 4010, 4011, 4012, 4013, 4014, 4914, 4915, 4924])
-def test_close_fatal_codes_end_at_once_not_retryable(code: int) -> None:
-    """Row 'close 4001, 4002, 4010–4014, 4914, 4915, 4924': FATAL, no further connection."""
-    e = classify_close(code)
-    assert close_class(code) is CloseClass.FATAL
-    assert e.fatal
-    assert not e.counts_as_quick  # closes that go straight to FATAL are not quick drops
-    assert e.close_code == code
-    assert str(code) in e.reason
-    assert len(e.reason) > len(f"close {code}: ")  # says why, for the operator
-
-
-def test_close_reason_is_kept_but_shortened() -> None:
-    """The server's close reason is kept for the log, shortened to a bounded length."""
-    e = classify_close(4009, "x" * 10_000)
-    assert "x" in e.reason
-    assert len(e.reason) < 200
-
-
-@given(code=st.one_of(st.none(), st.integers(min_value=0, max_value=10_000)))
-def test_classify_close_is_total(code: int | None) -> None:
-    """Every close code (or none) maps to an Ending; only the listed codes are fatal."""
-    e = classify_close(code)
-    assert isinstance(e, Ending)
-    fatal = {4001, 4002, 4010, 4011, 4012, 4013, 4014, 4914, 4915, 4924}
-    assert e.fatal == (code in fatal)
+    ending = endings.classify(endings.Closed(1006))
+    for n in range(12):
+        assert backoff_delay(p, n, random.Random(n)) == endings.next_delay(
+            ending, n, p, random.Random(n)
+        )

@@ -64,7 +64,7 @@ def test_identify_custom_properties_and_shard() -> None:
 
 
 def test_resume_carries_prefixed_token_session_and_seq() -> None:
-    """Resume (op 6) uses the prefixed token (qq-protocol §1.4), the session_id and the last s."""
+    """Resume (op 6) uses the prefixed token (docs/protocol.md §1.4), the session_id and the last s."""
     msg = json.loads(resume_payload(TOKEN, "sess-1", 42))
     assert msg == {"op": 6, "d": {"token": f"QQBot {TOKEN}", "session_id": "sess-1", "seq": 42}}
 
@@ -91,7 +91,7 @@ def test_intents_parse_names_numbers_and_refuses_garbage() -> None:
             Intents.parse(bad)
 
 
-# -- inbound: real frames (qq-protocol.md) ---------------------------------------------------------
+# -- inbound: real frames (docs/protocol.md) -----------------------------------------------------
 
 
 def test_parse_real_hello() -> None:
@@ -339,7 +339,7 @@ def test_parse_frame_fuzz_envelopes(
 
 
 def test_opcodes_match_the_protocol() -> None:
-    """The opcode numbers are qq-protocol.md's table."""
+    """The opcode numbers are docs/protocol.md's table."""
     assert [int(o) for o in OpCode] == [0, 1, 2, 6, 7, 9, 10, 11]
 
 

@@ -177,15 +177,25 @@ def test_mermaid_draws_every_drawn_row_and_no_left_out_row() -> None:
         for source in _names(row["source"]):
             dest = source if row["dest"] is None else _names(row["dest"])[0]
             label = row["trigger"] + (" [internal]" if row["dest"] is None else "")
-            if "conditions" in row:
-                label += f" [{' & '.join(_names(row['conditions']))}]"
+            guards = _names(row.get("conditions", [])) + [f"!{u}" for u in row.get("unless", [])]
+            if guards:
+                label += f" [{' & '.join(guards)}]"
             assert label in edges.get((source, dest), []), f"{source} -> {dest}: {label}"
             drawn += 1
     assert drawn == sum(len(labels) for labels in edges.values())
     for name in ("ignore", "ignore_unexpected", "refuse_start"):
         assert any(row.get("after") == name for row in build_rows())  # the filter has work
     assert not any(src in ("FATAL", "STOPPED") for src, _ in edges), "terminal states leave"
-    assert "heartbeat_due [internal] [ack_overdue]" in edges[("ALIVE", "ALIVE")]
+    # The zombie and stale rules are drawn where they lead, not as self-loops.
+    for source in ("IDENTIFIED", "ALIVE"):
+        assert "heartbeat_due [ack_overdue]" in edges[(source, "BACKOFF")]
+        assert "heartbeat_due [ack_overdue & is_quick_drop]" in edges[(source, "QUICK_DROPPED")]
+        assert "heartbeat_due [frames_stale]" in edges[(source, "BACKOFF")]
+        assert "ack_due [ack_overdue]" in edges[(source, "BACKOFF")]
+        beat = "heartbeat_due [internal] [!ack_overdue & !frames_stale]"
+        others = [label for label in edges[(source, source)] if label != beat]
+        assert len(others) + 1 == len(edges[(source, source)])
+        assert not any("ack_overdue" in label or "frames_stale" in label for label in others)
 
 
 def test_pictures_say_what_they_leave_out() -> None:
