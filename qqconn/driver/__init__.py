@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from qqconn.driver.host import StateChange
 from qqconn.driver.manager import DEFAULT_API_BASE, ConnectionManager
-from qqconn.driver.tokens import DEFAULT_TOKEN_URL, TOKEN_REFRESH_MARGIN_S, Secret, tls_context
+from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, tls_context
 
 __all__ = [
     "DEFAULT_API_BASE",
     "DEFAULT_TOKEN_URL",
-    "TOKEN_REFRESH_MARGIN_S",
     "ConnectionManager",
     "Secret",
     "StateChange",

@@ -19,11 +19,12 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from qqconn import commands as cmd
 from qqconn import events as ev
 from qqconn import protocol as proto
 from qqconn.driver.tokens import Secret, TokenSource, tls_context
 from qqconn.errors import CredentialsRefused, RemoteProtocolError
-from qqconn.machine import DispatchVerdict
+from qqconn.machine import DETAIL_CHARS
 from qqconn.policy import Policy
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class Attempt:
             await self.ws.send(payload)
         except Exception as exc:
             feeder.log.warning(
-                "qqconn.send_failed", what=what, error=f"{type(exc).__name__}: {exc}"[:200]
+                "qqconn.send_failed", what=what, error=f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS]
             )
             if report:
                 feeder.feed(ev.HeartbeatSendFailed(self.number, feeder.clock(), type(exc).__name__))
@@ -169,21 +170,23 @@ class Attempt:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            detail = run.tokens.scrub(f"{type(exc).__name__}: {exc}")[:200]
+            detail = run.tokens.scrub(f"{type(exc).__name__}: {exc}")[:DETAIL_CHARS]
             feeder.log.warning("qqconn.connect_failed", stage=stage, error=detail)
-            auth = isinstance(exc, CredentialsRefused)
-            feeder.feed(ev.ConnectFailed(self.number, feeder.clock(), stage, detail, auth=auth))
+            refused = isinstance(exc, CredentialsRefused)
+            feeder.feed(
+                ev.ConnectFailed(self.number, feeder.clock(), stage, detail, refused=refused)
+            )
             return None
 
     async def _read(self, ws: ClientConnection) -> None:
         n = self.number
         feeder = self._feeder
-        feed, clock, log = feeder.feed, feeder.clock, feeder.log
-        put = feeder.host.deliver
-        accept = feeder.machine.accept_dispatch
-        deliver, replayed = DispatchVerdict.DELIVER, DispatchVerdict.REPLAYED
+        feed, execute, clock, log = feeder.feed, feeder.execute, feeder.clock, feeder.log
+        handle_dispatch, put = feeder.machine.handle_dispatch, feeder.host.deliver
+        deliver = cmd.DeliverDispatch
         code: int | None = None
         reason = ""
+        sent: int | None = None
         try:
             while True:
                 message = await ws.recv()
@@ -192,42 +195,35 @@ class Attempt:
                     frame = proto.parse_frame(message)
                 except RemoteProtocolError as exc:
                     log.warning("qqconn.bad_frame", error=str(exc))
-                    feed(ev.FrameRejected(n, now, str(exc)[:200]))
+                    feed(ev.FrameRejected(n, now, str(exc)[:DETAIL_CHARS]))
                     if self.closing:
                         return
                     continue
-                if type(frame) is proto.Dispatch:
-                    verdict = accept(n, now, frame.seq)
-                    if verdict is deliver:
-                        put(frame)
+                if type(frame) is proto.Dispatch:  # the machine's fast path: one call, no event
+                    command = handle_dispatch(n, now, frame)
+                    if type(command) is deliver:
+                        put(command)
                         if frame.seq is None:
                             log.warning("qqconn.dispatch_without_seq", t=frame.type)
-                    elif verdict is replayed:
-                        feeder.dropped += 1
-                        log.debug("qqconn.dispatch_replayed", seq=frame.seq)
+                    elif command is not None:
+                        execute(command)
                     continue
-                if type(frame) is proto.Ready:
-                    feeder.ready = proto.Dispatch(frame.seq, "READY", frame.data, frame.event_id)
                 feed(_event_for(frame, n, now))
-                feeder.ready = None
                 if self.closing:  # the machine ended this attempt (op 7, op 9, ...): leave now
                     return
-                if type(frame) is proto.HeartbeatAck:
-                    feeder.acked()
         except ConnectionClosed as exc:
             if exc.rcvd is not None:
                 code, reason = exc.rcvd.code, exc.rcvd.reason
-            if exc.sent is not None and exc.sent.code == 1009:
-                log.warning("qqconn.frame_too_large", max_bytes=self._run.policy.max_frame_bytes)
-                code, reason = 1009, "frame too large"
+            if exc.sent is not None:
+                sent = exc.sent.code
         except OSError as exc:
             reason = type(exc).__name__
-        feed(ev.SocketClosed(n, clock(), code, reason))
+        feed(ev.SocketClosed(n, clock(), code, reason, sent_code=sent))
 
     async def _close_ws(self, ws: ClientConnection) -> None:
-        """Close within close_timeout_s, whatever the peer does."""
+        """Close within ``Policy.close_bound_s``, whatever the peer does."""
         try:
-            async with asyncio.timeout(self._run.policy.close_timeout_s + 0.5):
+            async with asyncio.timeout(self._run.policy.close_bound_s):
                 await ws.close(self.close_code, self.close_reason)
         except (TimeoutError, OSError, ConnectionClosed):
             pass
@@ -246,8 +242,8 @@ def _event_for(frame: proto.Inbound, n: int, now: float) -> ev.Event:
             return ev.HeartbeatAcked(n, now)
         case proto.Hello(interval_ms=raw):
             return ev.HelloReceived(n, now, raw)
-        case proto.Ready(session_id=sid, seq=seq):
-            return ev.ReadyReceived(n, now, sid, seq)
+        case proto.Ready(session_id=sid, seq=seq, data=data, event_id=event_id):
+            return ev.ReadyReceived(n, now, sid, seq, proto.Dispatch(seq, "READY", data, event_id))
         case proto.Resumed(seq=seq):
             return ev.ResumedReceived(n, now, seq)
         case proto.Reconnect():

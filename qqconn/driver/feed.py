@@ -6,7 +6,7 @@ whoever observed it) and carries out every command that comes back, in order. An
 while a command is being carried out waits its turn, so the machine never sees re-entrant
 calls. Each command is done by the concern that owns it: an :class:`~.attempt.Attempt` (sockets,
 sends), :class:`Timers` (loop timers), the :class:`~.host.HostLane` (callbacks), the manager
-(state announcements, finishing).
+(state announcements, the state file, finishing).
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from collections.abc import Callable
 
 from qqconn import commands as cmd
 from qqconn import events as ev
-from qqconn import protocol as proto
 from qqconn._log import QuietLogger
 from qqconn.driver.attempt import Attempt, RunContext
 from qqconn.driver.host import HostLane
 from qqconn.errors import FatalError
-from qqconn.machine import ConnectionMachine, State
+from qqconn.machine import ConnectionMachine
 
 __all__ = ["Feeder", "Timers"]
 
@@ -79,8 +78,8 @@ class Feeder:
         clock: Callable[[], float],
         log: QuietLogger,
         host: HostLane,
-        announce: Callable[[State, State, str], None],
-        on_ack: Callable[[], None],
+        announce: Callable[[cmd.AnnounceState], None],
+        checkpoint: Callable[[], None],
         finish: Callable[[], None],
     ) -> None:
         self.machine = machine
@@ -88,12 +87,11 @@ class Feeder:
         self.log = log
         self.host = host
         self._announce = announce
-        self._on_ack = on_ack
+        self._checkpoint = checkpoint
         self._finish = finish
         self.timers = Timers(self._timer_fired)
         self.attempts: dict[int, Attempt] = {}
         self.dropped = 0
-        self.ready: proto.Dispatch | None = None  # the READY frame being fed, if any
         self._run: RunContext | None = None
         self._feeding = False
         self._pending: list[ev.Event] = []
@@ -124,15 +122,13 @@ class Feeder:
         """``attempt``'s task has ended and its socket is closed."""
         self.attempts.pop(attempt.number, None)
 
-    def acked(self) -> None:
-        """A heartbeat ACK was read (and fed)."""
-        self._on_ack()
-
     def _execute_all(self, commands: list[cmd.Command]) -> None:
         for command in commands:
-            self._execute(command)
+            self.execute(command)
 
-    def _execute(self, command: cmd.Command) -> None:
+    def execute(self, command: cmd.Command) -> None:
+        """Carry out one command (the reader's fast path calls this with the machine's answer
+        to a dispatch)."""
         match command:
             case cmd.OpenSocket(attempt=n, refresh_token=refresh):
                 assert self._run is not None
@@ -155,18 +151,19 @@ class Feeder:
                 self.timers.cancel_attempt(n)
                 if (att := self.attempts.get(n)) is not None:
                     att.close(code, reason)
-            case cmd.AnnounceState(state=state, previous=previous, trigger=trigger):
-                self._announce(State(state), State[previous], trigger)
+            case cmd.DeliverDispatch():
+                self.host.deliver(command)
+            case cmd.DropDispatch(seq=seq, last_seq=last_seq):
+                self.dropped += 1
+                self.log.debug("qqconn.dispatch_replayed", seq=seq, last_seq=last_seq)
+            case cmd.WriteCheckpoint():
+                self._checkpoint()
+            case cmd.AnnounceState():
+                self._announce(command)
             case cmd.NotifyFatal(reason=reason, close_code=code, retryable=retryable):
                 self.host.notify_fatal(FatalError(reason, close_code=code, retryable=retryable))
             case cmd.Finish():
                 self._finish()
-            case cmd.DeliverDispatch():  # the READY being handled was adopted
-                if self.ready is not None:
-                    self.host.deliver(self.ready)
-                    self.ready = None
-            case cmd.DropDispatch():  # pragma: no cover - the fast path decides without commands
-                raise AssertionError("dispatch drops are handled by the reader")
 
     def _timer_fired(self, timer: ev.Timer, attempt: int) -> None:
         try:

@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from qqconn import commands as cmd
 from qqconn import protocol as proto
 from qqconn._log import QuietLogger
+from qqconn.endings import Ending
 from qqconn.errors import FatalError
 from qqconn.machine import State
 
@@ -25,12 +27,17 @@ __all__ = ["DispatchCallback", "FatalCallback", "HostLane", "StateCallback", "St
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
-    """What ``on_state_change`` receives: the new state, the previous one, and why."""
+    """What ``on_state_change`` receives: the new state, the previous one, and why.
+
+    ``ending`` is the end of a connection that caused the change, if one did (its ``kind``,
+    ``reason`` and ``close_code`` name it without parsing strings).
+    """
 
     state: State
     previous: State
     trigger: str
     snapshot: dict[str, Any]
+    ending: Ending | None = None
 
 
 DispatchCallback = Callable[[proto.Dispatch], Awaitable[None] | None]
@@ -41,8 +48,8 @@ FatalCallback = Callable[[FatalError], Awaitable[None] | None]
 class HostLane:
     """One queue, one task: the host's callbacks, in order, each awaited before the next.
 
-    ``handled(dispatch)`` is called once ``on_dispatch`` has finished with ``dispatch``
-    (returned or raised): that is the moment a restart may skip it.
+    ``handled(delivery)`` is called once ``on_dispatch`` has finished with the delivery's
+    dispatch (returned or raised): from then on a restart may skip it.
     """
 
     def __init__(
@@ -51,7 +58,7 @@ class HostLane:
         on_dispatch: DispatchCallback | None,
         on_state_change: StateCallback | None,
         on_fatal: FatalCallback | None,
-        handled: Callable[[proto.Dispatch], None],
+        handled: Callable[[cmd.DeliverDispatch], None],
         log: QuietLogger,
     ) -> None:
         self._on_dispatch = on_dispatch
@@ -59,8 +66,8 @@ class HostLane:
         self._on_fatal = on_fatal
         self._handled = handled
         self._log = log
-        self._queue: asyncio.Queue[proto.Dispatch | StateChange] = asyncio.Queue()
-        #: Hand a dispatch to the host (the reader's fast path calls this directly).
+        self._queue: asyncio.Queue[cmd.DeliverDispatch | StateChange] = asyncio.Queue()
+        #: Queue a dispatch the machine said to deliver (the reader's fast path calls this).
         self.deliver = self._queue.put_nowait
         self.delivered = 0
         self._fatal_task: asyncio.Task[None] | None = None
@@ -82,7 +89,7 @@ class HostLane:
         while True:
             item = await queue.get()
             try:
-                if isinstance(item, proto.Dispatch):
+                if isinstance(item, cmd.DeliverDispatch):
                     await self._deliver(item)
                 elif self._on_state_change is not None:
                     result = self._on_state_change(item)
@@ -103,7 +110,8 @@ class HostLane:
         except TimeoutError:
             self._log.warning("qqconn.undelivered_on_exit", pending=self._queue.qsize())
 
-    async def _deliver(self, dispatch: proto.Dispatch) -> None:
+    async def _deliver(self, delivery: cmd.DeliverDispatch) -> None:
+        dispatch = delivery.dispatch
         try:
             if self._on_dispatch is not None:
                 result = self._on_dispatch(dispatch)
@@ -114,7 +122,7 @@ class HostLane:
                 "qqconn.callback_failed", callback="on_dispatch", seq=dispatch.seq, t=dispatch.type
             )
         self.delivered += 1
-        self._handled(dispatch)
+        self._handled(delivery)
 
     async def _notify_fatal(self, error: FatalError) -> None:
         if self._on_fatal is None:

@@ -14,16 +14,17 @@ import os
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
 
+from qqconn import checkpoint
+from qqconn import commands as cmd
 from qqconn import events as ev
-from qqconn import protocol as proto
 from qqconn._log import QuietLogger
+from qqconn.checkpoint import Resumable
 from qqconn.driver.attempt import RunContext
 from qqconn.driver.feed import Feeder
 from qqconn.driver.host import (
@@ -89,7 +90,10 @@ class ConnectionManager:
         self._log = QuietLogger(structlog.get_logger("qqconn")).bind(
             app_id=app_id, shard=f"{shard[0]}/{shard[1]}"
         )
-        self._machine = ConnectionMachine(self.policy, rng=rng, logger=self._log)
+        self._file = None if self.state_file is None else StateFile(self.state_file, log=self._log)
+        self._machine = ConnectionMachine(
+            self.policy, rng=rng, logger=self._log, restored=self._resumable(resume_from)
+        )
         self._host = HostLane(
             on_dispatch=on_dispatch,
             on_state_change=on_state_change,
@@ -105,30 +109,12 @@ class ConnectionManager:
             log=self._log,
             host=self._host,
             announce=self._announce,
-            on_ack=self._checkpoint_if_due,
+            checkpoint=self.write_state_file,
             finish=self._finished.set,
-        )
-        self._file = (
-            None
-            if self.state_file is None
-            else StateFile(self.state_file, clock=clock, log=self._log)
         )
         self._tokens: TokenSource | None = None
         self._host_task: asyncio.Task[None] | None = None
         self._started = False
-        # The checkpoint a restarted process resumes from: the session, and the last seq the
-        # host's callback finished with (never merely received), so no event can be skipped.
-        self._host_session: str | None = None
-        self._host_seq: int | None = None
-        if self._file is not None:
-            restored = self._file.load(
-                app_id=app_id, shard=shard, resume_window_s=self.policy.resume_window_s
-            )
-            if restored is not None:
-                self._restore(restored.session_id, restored.last_seq)
-        if resume_from is not None:
-            self._restore(*_check_resume_from(resume_from))
-            self._log.info("qqconn.session_restored", last_seq=self._host_seq, source="host")
 
     def __repr__(self) -> str:
         return (
@@ -163,28 +149,14 @@ class ConnectionManager:
 
         ``session_id`` and ``last_seq`` are the resume checkpoint: the session, and the last
         ``s`` the host's ``on_dispatch`` has finished with. ``received_seq`` is the last ``s``
-        read from the socket.
+        read from the socket. The keys are :data:`qqconn.checkpoint.SCHEMA_KEYS`.
         """
-        snap = self._machine.counters()
-        snap["received_seq"] = snap["last_seq"]
-        snap["session_id"] = self._host_session
-        snap["last_seq"] = self._host_seq
-        snap["app_id"] = self.app_id
-        snap["shard"] = list(self.shard)
-        now = time.time()
-        snap["updated_at"] = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
-        snap["updated_at_unix"] = now
-        fatal = self._machine.fatal
-        snap["fatal"] = (
-            None
-            if fatal is None
-            else {
-                "reason": fatal.reason,
-                "close_code": fatal.close_code,
-                "retryable": fatal.retryable,
-            }
+        return checkpoint.state_document(
+            self._machine.snapshot_fields(),
+            app_id=self.app_id,
+            shard=self.shard,
+            now_unix=time.time(),
         )
-        return snap
 
     async def access_token(self) -> str:
         """A current access token, for the host's own REST calls (cached, refreshed in time)."""
@@ -199,8 +171,9 @@ class ConnectionManager:
     def write_state_file(self) -> None:
         """Rewrite the state file now (atomically, mode 0600). No-op without a state file.
 
-        The manager already does this on every state change, on a new session, at most once a
-        second while events or heartbeat ACKs arrive, and on exit.
+        The manager already does this on every state change, on exit, and whenever the machine
+        says so (a new session handled; at most once per ``Policy.checkpoint_interval_s`` while
+        events are handled or heartbeats acknowledged).
         """
         if self._file is not None:
             self._file.write(self.snapshot())
@@ -222,7 +195,12 @@ class ConnectionManager:
             client = httpx.AsyncClient(timeout=timeout, verify=tls_context())
             async with client as http, asyncio.TaskGroup() as tg:
                 self._tokens = TokenSource(
-                    http, self.token_url, self.app_id, self._secret, self._clock
+                    http,
+                    self.token_url,
+                    self.app_id,
+                    self._secret,
+                    self._clock,
+                    self.policy.token_refresh_margin_s,
                 )
                 self._feeder.start(
                     RunContext(
@@ -254,42 +232,45 @@ class ConnectionManager:
     async def stop(self) -> None:
         """Stop from any state: close the socket, cancel every task and timer, open nothing more.
 
-        Returns within a bounded time (about close_timeout_s). Safe to call more than once,
-        before ``run()``, from a callback, and from ``on_fatal``.
+        Returns within ``Policy.stop_bound_s``. Safe to call more than once, before ``run()``,
+        from a callback, and from ``on_fatal``.
         """
         self._feeder.feed(ev.StopRequested(self._clock()))
         if not self._started or asyncio.current_task() is self._host_task:
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.policy.close_timeout_s * 2 + 1):
+            async with asyncio.timeout(self.policy.stop_bound_s):
                 await self._run_done.wait()
 
     # -- what the parts report -------------------------------------------------------------
 
-    def _announce(self, state: State, previous: State, trigger: str) -> None:
+    def _announce(self, change: cmd.AnnounceState) -> None:
         snap = self.snapshot()
         if self._file is not None:
             self._file.write(snap)
-        self._host.announce(StateChange(state, previous, trigger, snap))
+        state, previous = State(change.state), State[change.previous]
+        self._host.announce(StateChange(state, previous, change.trigger, snap, change.ending))
 
-    def _handled(self, dispatch: proto.Dispatch) -> None:
-        new_session = dispatch.type == "READY" and isinstance(dispatch.data, dict)
-        if new_session:
-            self._host_session = dispatch.data.get("session_id")
-        if dispatch.seq is not None:
-            self._host_seq = dispatch.seq
-        if new_session:
-            self.write_state_file()
-        else:
-            self._checkpoint_if_due()
+    def _handled(self, delivery: cmd.DeliverDispatch) -> None:
+        # DispatchHandled, through the machine's fast path for it (one call, no event object).
+        seq = delivery.dispatch.seq
+        command = self._machine.handle_dispatch_handled(self._clock(), delivery.session_id, seq)
+        if command is not None:
+            self._feeder.execute(command)
 
-    def _checkpoint_if_due(self) -> None:
-        if self._file is not None and self._file.due(1.0):
-            self._file.write(self.snapshot())
-
-    def _restore(self, session_id: str, seq: int | None) -> None:
-        self._machine.restore_session(session_id, seq)
-        self._host_session, self._host_seq = session_id, seq
+    def _resumable(self, resume_from: object) -> Resumable | None:
+        """The session to resume: the host's own checkpoint if it gave one, else the state
+        file's if :func:`~qqconn.checkpoint.judge_resume` allows it (reasons are logged)."""
+        saved = None
+        if self._file is not None:
+            saved = self._file.load(
+                app_id=self.app_id, shard=self.shard, resume_window_s=self.policy.resume_window_s
+            )
+        if resume_from is None:
+            return saved
+        # A checkpoint the host keeps itself (atomically with its own output) wins over the
+        # state file's: with it, a restart neither skips nor repeats an event.
+        return _check_resume_from(resume_from)
 
 
 def _check_config(
@@ -321,10 +302,11 @@ def _check_config(
             raise ConfigError(name, f"must be an http(s) URL, got {url!r}")
 
 
-def _check_resume_from(checkpoint: object) -> tuple[str, int | None]:
-    """A checkpoint the host keeps itself (atomically with its own output) wins over the
-    state file's: with it, a restart neither skips nor repeats an event."""
-    sid, seq = checkpoint if isinstance(checkpoint, tuple) and len(checkpoint) == 2 else ("", None)
+def _check_resume_from(resume_from: object) -> Resumable:
+    """``resume_from=(session_id, seq)`` as a :class:`~qqconn.checkpoint.Resumable`."""
+    sid, seq = (
+        resume_from if isinstance(resume_from, tuple) and len(resume_from) == 2 else ("", None)
+    )
     if not isinstance(sid, str) or not sid or not (seq is None or (type(seq) is int and seq >= 0)):
-        raise ConfigError("resume_from", f"must be (session_id, seq), got {checkpoint!r}")
-    return sid, seq
+        raise ConfigError("resume_from", f"must be (session_id, seq), got {resume_from!r}")
+    return Resumable(sid, seq)

@@ -13,13 +13,13 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from qqconn import checkpoint
 from qqconn._log import QuietLogger
 from qqconn.checkpoint import Resumable
+from qqconn.machine import DETAIL_CHARS
 
 __all__ = ["StateFile"]
 
@@ -27,15 +27,9 @@ __all__ = ["StateFile"]
 class StateFile:
     """One state file: ``write(snapshot)`` replaces it atomically; ``load()`` reads it back."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float], log: QuietLogger) -> None:
+    def __init__(self, path: Path, *, log: QuietLogger) -> None:
         self.path = path
-        self._clock = clock
         self._log = log
-        self._last_write = float("-inf")
-
-    def due(self, interval_s: float) -> bool:
-        """At least ``interval_s`` since the last successful write."""
-        return self._clock() - self._last_write >= interval_s
 
     def write(self, snapshot: dict[str, Any]) -> None:
         """Replace the file with ``snapshot`` (atomically, mode 0600). A failure is logged."""
@@ -47,19 +41,21 @@ class StateFile:
                     fh.write("\n")
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, self.path)
-                self._last_write = self._clock()
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
         except OSError as exc:
-            self._log.warning("qqconn.state_file_failed", path=str(self.path), error=str(exc)[:200])
+            self._log.warning(
+                "qqconn.state_file_failed", path=str(self.path), error=str(exc)[:DETAIL_CHARS]
+            )
 
     def load(
         self, *, app_id: str, shard: tuple[int, int], resume_window_s: float
     ) -> Resumable | None:
         """The session an earlier process saved, if :func:`~qqconn.checkpoint.judge_resume`
-        says it may be resumed; else None (the reason is logged)."""
+        says it may be resumed; else None (the reason is logged as
+        ``qqconn.state_file_ignored``)."""
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -69,13 +65,10 @@ class StateFile:
                 "qqconn.state_file_ignored", reason=f"unreadable: {type(exc).__name__}"
             )
             return None
-        now = time.time()
         verdict = checkpoint.judge_resume(
-            doc, app_id=app_id, shard=shard, now_unix=now, resume_window_s=resume_window_s
+            doc, app_id=app_id, shard=shard, now_unix=time.time(), resume_window_s=resume_window_s
         )
         if isinstance(verdict, str):
             self._log.info("qqconn.state_file_ignored", reason=verdict, path=str(self.path))
             return None
-        age = checkpoint.document_age_s(doc, now) or 0.0
-        self._log.info("qqconn.session_restored", last_seq=verdict.last_seq, age_s=round(age, 1))
-        return verdict
+        return verdict  # the machine logs qqconn.session_restored

@@ -14,13 +14,9 @@ import httpx
 
 from qqconn import protocol as proto
 
-__all__ = ["DEFAULT_TOKEN_URL", "TOKEN_REFRESH_MARGIN_S", "Secret", "TokenSource", "tls_context"]
+__all__ = ["DEFAULT_TOKEN_URL", "Secret", "TokenSource", "tls_context"]
 
 DEFAULT_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
-
-#: Fetch a new token when the cached one has less than this left. The endpoint hands out a new
-#: token only in the last 60 s of the old one's life (docs/protocol.md §3.1), so refresh inside it.
-TOKEN_REFRESH_MARGIN_S = 50.0
 
 _tls: ssl.SSLContext | None = None
 
@@ -57,7 +53,12 @@ class Secret:
 
 
 class TokenSource:
-    """Access tokens from ``getAppAccessToken``: cached, one request in flight at a time."""
+    """Access tokens from ``getAppAccessToken``: cached, one request in flight at a time.
+
+    A cached token is used while it has more than ``margin_s`` left
+    (``Policy.token_refresh_margin_s``: inside the last minute of a token's life, when the
+    endpoint hands out a new one, docs/protocol.md §3.1).
+    """
 
     def __init__(
         self,
@@ -66,8 +67,10 @@ class TokenSource:
         app_id: str,
         secret: Secret,
         clock: Callable[[], float],
+        margin_s: float,
     ) -> None:
         self._http = http
+        self._margin_s = margin_s
         self._url = url
         self._app_id = app_id
         self._secret = secret
@@ -84,7 +87,7 @@ class TokenSource:
     async def get(self, *, refresh: bool = False) -> Secret:
         """The cached token while it has more than the margin left; else a new one."""
         async with self._lock:
-            fresh_enough = self._clock() < self._expires_at - TOKEN_REFRESH_MARGIN_S
+            fresh_enough = self._clock() < self._expires_at - self._margin_s
             if self._token is not None and fresh_enough and not refresh:
                 return self._token
             body = {"appId": self._app_id, "clientSecret": self._secret.reveal()}
