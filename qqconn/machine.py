@@ -361,6 +361,7 @@ _FROM_SOCKET = (*_INBOUND, ev.SocketClosed, ev.HeartbeatSent, ev.HeartbeatSendFa
 _EXPECTED_DELAYS = (Delay.NOW, Delay.ROTATION)
 
 _NEVER = float("-inf")
+_WRITE_CHECKPOINT = cmd.WriteCheckpoint()  # no fields: one instance serves every write
 
 #: Monotonic clocks are floats: a socket opened at 12345.678 and ended 5.00 s later may
 #: subtract to 4.9999999999. This much grace keeps "5.00 s is not quick" true.
@@ -424,6 +425,7 @@ class ConnectionMachine:
         self._handled_session: str | None = self._session_id
         self._handled_seq: int | None = self._last_seq
         self._checkpoint_at = _NEVER
+        self._checkpoint_interval_s = self.policy.checkpoint_interval_s
         # The counters of docs/behaviour.md.
         self.quick_drops = 0
         self.failed_attempts = 0
@@ -461,8 +463,6 @@ class ConnectionMachine:
             queued=True,
             after_state_change="announce",
         )
-        if restored is not None:
-            self._log.info("qqconn.session_restored", last_seq=restored.last_seq)
 
     # -- the one entry point ---------------------------------------------------------------
 
@@ -587,19 +587,18 @@ class ConnectionMachine:
         self.now = at
         if session_id is None or session_id != self._session_id:
             return None
-        if session_id != self._handled_session:
-            self._handled_session, self._handled_seq = session_id, seq
-            new = True
-        else:
-            if seq is not None and (self._handled_seq is None or seq > self._handled_seq):
+        if session_id == self._handled_session:
+            last = self._handled_seq
+            if seq is not None and (last is None or seq > last):
                 self._handled_seq = seq
-            new = False
+            if at - self._checkpoint_at < self._checkpoint_interval_s:
+                return None  # the common case: one report among thousands a second
+        else:  # the host finished with this session's READY: it becomes the checkpoint's
+            self._handled_session, self._handled_seq = session_id, seq
         if self.state is S.FATAL or self.state is S.STOPPED:
             return None
-        if new or at - self._checkpoint_at >= self.policy.checkpoint_interval_s:
-            self._checkpoint_at = at
-            return cmd.WriteCheckpoint()
-        return None
+        self._checkpoint_at = at
+        return _WRITE_CHECKPOINT
 
     # -- guards ----------------------------------------------------------------------------
 
@@ -763,9 +762,9 @@ class ConnectionMachine:
         self._out.append(cmd.CancelTimer(Timer.ACK_DEADLINE))
         # An acknowledged heartbeat keeps the state file's updated_at fresh on a quiet
         # connection, at most once per checkpoint_interval_s.
-        if self.now - self._checkpoint_at >= self.policy.checkpoint_interval_s:
+        if self.now - self._checkpoint_at >= self._checkpoint_interval_s:
             self._checkpoint_at = self.now
-            self._out.append(cmd.WriteCheckpoint())
+            self._out.append(_WRITE_CHECKPOINT)
         if self.acks % self.policy.heartbeat_log_every == 0:
             self._log.info(
                 "qqconn.heartbeat",

@@ -18,7 +18,6 @@ from qqconn.errors import ConfigError
 from qqconn.policy import (
     CLOSE_GRACE_S,
     STOP_SLACK_S,
-    TOKEN_RENEWAL_WINDOW_S,
     Policy,
     backoff_delay,
 )
@@ -134,8 +133,7 @@ def _invalid_cases() -> list[tuple[str, Any]]:
         ("heartbeat_ack_timeout_ratio", 1.5),
     ]
     cases += [
-        ("token_refresh_margin_s", v)
-        for v in (-1.0, NAN, INF, True, "50", None, 60.0, 60, 61.0, 3600.0)
+        ("token_refresh_margin_s", v) for v in (-1.0, -0.001, NAN, INF, -INF, True, "50", None)
     ]
     return cases
 
@@ -155,13 +153,11 @@ def test_every_field_is_validated() -> None:
     assert covered == {f.name for f in fields(Policy)}
 
 
-def test_token_refresh_margin_may_be_zero_and_just_below_the_window() -> None:
-    """token_refresh_margin_s accepts 0 (refresh only when expired) and 59.9 s (inside the
-    endpoint's 60 s renewal window), and names the window when it refuses 60."""
+def test_token_refresh_margin_may_be_zero() -> None:
+    """token_refresh_margin_s accepts 0 (refresh only once expired) and any finite margin
+    (tests and the demo scale durations up)."""
     assert Policy(token_refresh_margin_s=0).token_refresh_margin_s == 0
-    assert Policy(token_refresh_margin_s=59.9).token_refresh_margin_s == 59.9
-    with pytest.raises(ConfigError, match="below 60 s"):
-        Policy(token_refresh_margin_s=TOKEN_RENEWAL_WINDOW_S)
+    assert Policy(token_refresh_margin_s=150.0).token_refresh_margin_s == 150.0
 
 
 def test_close_and_stop_bounds_are_named_and_follow_close_timeout() -> None:
