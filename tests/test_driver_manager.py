@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from qqconn import ConfigError, ConnectionManager, Policy, State
 from qqconn.driver.attempt import Attempt
@@ -119,8 +120,8 @@ def test_a_bad_argument_is_a_config_error_naming_it(field: str, value: object) -
 
 
 async def test_resume_from_resumes_that_session_after_that_seq() -> None:
-    """resume_from=(session_id, seq): the first socket Resumes that session, and the host gets
-    exactly the events after seq (none skipped, none repeated)."""
+    """resume_from=(session_id, seq): logged once, the first socket Resumes that session, and
+    the host gets exactly the events after seq (none skipped, none repeated)."""
     async with FakeGateway() as gw:
         first: list[Dispatch] = []
         mgr = manager_for(gw, on_dispatch=first.append)
@@ -133,7 +134,10 @@ async def test_resume_from_resumes_that_session_after_that_seq() -> None:
         await task
         second: list[Dispatch] = []
         sid = gw.current_session_id
-        mgr = manager_for(gw, on_dispatch=second.append, resume_from=(sid, 3))
+        with capture_logs() as logs:
+            mgr = manager_for(gw, on_dispatch=second.append, resume_from=(sid, 3))
+        restored = [e for e in logs if e["event"] == "qqconn.session_restored"]
+        assert [(e["last_seq"], e["source"]) for e in restored] == [(3, "host")]
         task = asyncio.create_task(mgr.run())
         try:
             await gw.wait_for(lambda: len(second) == 3, 10)

@@ -36,7 +36,8 @@ async def _until(predicate: Any, timeout: float = 10.0) -> None:
 
 
 async def test_restart_resumes_and_replays_what_the_dead_process_missed(tmp_path: Path) -> None:
-    """A manager started with a fresh state file Resumes; the host gets every event exactly once."""
+    """A manager started with a fresh state file Resumes (logged once); the host gets every event
+    exactly once."""
     state_file = tmp_path / "state.json"
     async with FakeGateway(heartbeat_interval_ms=300) as gw:
         first: list[Dispatch] = []
@@ -53,7 +54,10 @@ async def test_restart_resumes_and_replays_what_the_dead_process_missed(tmp_path
         for i in range(20, 30):  # sent while no process was connected
             await gw.dispatch("C2C_MESSAGE_CREATE", {"n": i})
         second: list[Dispatch] = []
-        mgr2 = _manager(gw, state_file, second)
+        with capture_logs() as logs:
+            mgr2 = _manager(gw, state_file, second)
+        assert [e["event"] for e in logs] == ["qqconn.session_restored"]
+        assert logs[0]["last_seq"] == 21 and 0 <= logs[0]["age_s"] < 60
         task2 = asyncio.create_task(mgr2.run())
         await _until(lambda: len(second) == 10)
         await asyncio.sleep(0.2)

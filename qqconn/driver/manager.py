@@ -270,7 +270,9 @@ class ConnectionManager:
             return saved
         # A checkpoint the host keeps itself (atomically with its own output) wins over the
         # state file's: with it, a restart neither skips nor repeats an event.
-        return _check_resume_from(resume_from)
+        restored = _check_resume_from(resume_from)
+        self._log.info("qqconn.session_restored", last_seq=restored.last_seq, source="host")
+        return restored
 
 
 def _check_config(

@@ -54,8 +54,8 @@ class StateFile:
         self, *, app_id: str, shard: tuple[int, int], resume_window_s: float
     ) -> Resumable | None:
         """The session an earlier process saved, if :func:`~qqconn.checkpoint.judge_resume`
-        says it may be resumed; else None (the reason is logged as
-        ``qqconn.state_file_ignored``)."""
+        says it may be resumed (logged as ``qqconn.session_restored``); else None (logged as
+        ``qqconn.state_file_ignored``, with the reason)."""
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -65,10 +65,15 @@ class StateFile:
                 "qqconn.state_file_ignored", reason=f"unreadable: {type(exc).__name__}"
             )
             return None
+        now = time.time()
         verdict = checkpoint.judge_resume(
-            doc, app_id=app_id, shard=shard, now_unix=time.time(), resume_window_s=resume_window_s
+            doc, app_id=app_id, shard=shard, now_unix=now, resume_window_s=resume_window_s
         )
         if isinstance(verdict, str):
             self._log.info("qqconn.state_file_ignored", reason=verdict, path=str(self.path))
             return None
-        return verdict  # the machine logs qqconn.session_restored
+        age = checkpoint.document_age_s(doc, now) if isinstance(doc, dict) else None
+        self._log.info(
+            "qqconn.session_restored", last_seq=verdict.last_seq, age_s=round(age or 0.0, 1)
+        )
+        return verdict
