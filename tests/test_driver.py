@@ -23,6 +23,8 @@ from qqconn.testing import MISSING, FakeGateway
 # tests/soak.py and tests/test_soak.py import manager_for from here.
 from tests.driver_support import FAST, HB_MS, INTENTS, identify_frames, manager_for, running
 
+# -- cold start, seq, heartbeats ------------------------------------------------------------------
+
 
 async def test_cold_start_identifies_and_becomes_alive(tmp_path: Path) -> None:
     """Cold start: Identify carries `QQBot <token>`, intents and shard; READY makes the state ALIVE."""
@@ -71,6 +73,9 @@ async def test_absurd_hello_interval_uses_default_without_churn(interval: object
     assert any(e["event"] == "qqconn.hello_interval_replaced" for e in logs)
 
 
+# -- the seed's loop and the quick-drop counter ---------------------------------------------------
+
+
 @pytest.mark.parametrize("code", [1000, 4009, None], ids=["close-1000", "close-4009", "no-frame"])
 async def test_seeds_loop_ends_in_fatal_after_third_quick_drop(code: int | None) -> None:
     """The seed's loop: every socket closes soon after opening (close frame or drop): FATAL
@@ -104,6 +109,9 @@ async def test_quick_quick_long_quick_quick_then_quick_is_fatal() -> None:
         error = await r.outcome()
         assert isinstance(error, FatalError) and error.retryable
         assert len(r.gw.connections) == 6 and len(r.host.fatals) == 1
+
+
+# -- attempts -------------------------------------------------------------------------------------
 
 
 async def test_token_endpoint_down_is_fatal_after_budget_with_backoff() -> None:
@@ -167,6 +175,9 @@ async def test_4008_waits_then_resumes() -> None:
         assert r.gw.connections[1].opened_at - closed_at >= FAST.rate_limit_wait_s - 0.05
         await r.until_state(State.ALIVE)
         assert r.gw.resumes == 1 and r.gw.current_session_id == session
+
+
+# -- resume, identify, op 7, op 9 -----------------------------------------------------------------
 
 
 async def test_op7_then_4009_with_events_flowing_loses_nothing() -> None:
@@ -253,6 +264,9 @@ async def test_three_failed_resumes_fall_back_to_identify() -> None:
         await r.until_state(State.ALIVE)
 
 
+# -- liveness -------------------------------------------------------------------------------------
+
+
 async def test_zombie_is_detected_and_resumed() -> None:
     """Zombie (ACKs stop, socket open): closed (not 1000/1001) and resumed within two intervals
     of the last ACK."""
@@ -292,6 +306,9 @@ async def test_every_fifth_ack_logs_one_info_line() -> None:
     lines = [e for e in logs if e["event"] == "qqconn.heartbeat"]
     assert [e["acked"] for e in lines][:2] == [5, 10]
     assert all(e["log_level"] == "info" and "latency_ms" in e and "last_seq" in e for e in lines)
+
+
+# -- op 7 on a young connection, refused credentials ----------------------------------------------
 
 
 async def test_op7_on_a_young_connection_waits_instead_of_looping() -> None:
