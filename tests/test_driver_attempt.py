@@ -147,3 +147,23 @@ async def test_op7_closes_the_old_socket_ourselves_at_once() -> None:
         assert first.closed_by == "client" and first.close_code == 4000
         await r.until(lambda: r.gw.resumes == 1 and r.mgr.state is State.ALIVE, timeout=5)
         assert r.mgr.machine.quick_drops == 0 and r.mgr.machine.failed_attempts == 0
+
+
+async def test_a_replayed_seq_is_dropped_counted_and_logged() -> None:
+    """A dispatch whose s the host already had never reaches it: counted in dispatches_dropped
+    and logged (qqconn.dispatch_replayed); the ones after it are delivered."""
+    with capture_logs() as logs:
+        async with running() as r:
+            await r.until_state(State.ALIVE)
+            await r.gw.dispatch("C2C_MESSAGE_CREATE", {"n": 1})
+            await r.until(lambda: len(r.host.dispatches) == 2, timeout=5)
+            seq = r.host.dispatches[-1].seq
+            assert seq is not None
+            replay = {"op": 0, "s": seq, "t": "C2C_MESSAGE_CREATE", "id": "again", "d": {"n": 1}}
+            await r.gw.send_raw(json.dumps(replay))
+            await r.gw.dispatch("C2C_MESSAGE_CREATE", {"n": 2})
+            await r.until(lambda: len(r.host.dispatches) == 3, timeout=5)
+            assert r.mgr.dispatches_dropped == 1 and r.mgr.dispatches_delivered == 3
+    assert [d.seq for d in r.host.dispatches][1:] == [seq, seq + 1]
+    dropped = [e for e in logs if e["event"] == "qqconn.dispatch_replayed"]
+    assert [e["seq"] for e in dropped] == [seq]
