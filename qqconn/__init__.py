@@ -1,6 +1,6 @@
 """qqconn: keeps a QQ Bot gateway connection alive, and knows — and says — when it cannot.
 
-One declarative state machine (:mod:`qqconn.machine`) decides; one asyncio driver
+One declarative state machine (:mod:`qqconn.machine`) decides; the asyncio driver package
 (:mod:`qqconn.driver`) observes sockets and obeys. See the README for the tour.
 
 Names are imported on first use, so that importing ``qqconn.testing`` (and the pytest
@@ -13,7 +13,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qqconn.driver import ConnectionManager, Secret, StateChange
+    from qqconn.driver.host import StateChange
+    from qqconn.driver.manager import ConnectionManager
+    from qqconn.driver.tokens import Secret
     from qqconn.errors import (
         ConfigError,
         FatalError,
@@ -26,9 +28,9 @@ if TYPE_CHECKING:
     from qqconn.protocol import Dispatch, Intents
 
 _HOMES = {
-    "ConnectionManager": "qqconn.driver",
-    "Secret": "qqconn.driver",
-    "StateChange": "qqconn.driver",
+    "ConnectionManager": "qqconn.driver.manager",
+    "Secret": "qqconn.driver.tokens",
+    "StateChange": "qqconn.driver.host",
     "ConfigError": "qqconn.errors",
     "FatalError": "qqconn.errors",
     "LocalProtocolError": "qqconn.errors",

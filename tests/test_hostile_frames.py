@@ -11,7 +11,7 @@ One gateway and one manager serve every Hypothesis example of a test (the fixtur
 once per test function; pytest-asyncio runs each example on the same event loop).
 
 Which frames are "bad" is decided here, independently of ``qqconn.protocol``, from the frame
-contract of behaviour.md §15 and the parser's documented leniency: a frame is bad when it is
+contract of docs/behaviour.md §15 and the parser's documented leniency: a frame is bad when it is
 binary, not JSON, not an object, has no integer ``op`` or an op qqconn does not know, or is a
 dispatch without a usable ``t`` (READY without a string ``session_id``). Everything else is
 used or ignored (an unexpected Hello, READY or RESUMED is a protocol oddity, logged as such).
@@ -38,7 +38,7 @@ from structlog.testing import capture_logs
 from qqconn import ConnectionManager, FatalError, State
 from qqconn.protocol import Dispatch
 from qqconn.testing import MISSING, NO_OVERRIDE, FakeGateway
-from tests.test_driver import FAST, manager_for
+from tests.driver_support import FAST, manager_for
 
 #: FAST, with budgets no hostile batch can exhaust (a batch may end a connection on purpose,
 #: a few in a row are quick drops; that FATAL would be correct and is tested elsewhere), a
@@ -240,7 +240,7 @@ FRAMES = st.one_of(
     ),
 )
 
-#: Absurd Hello intervals (behaviour.md §4): missing, not a finite number, below 100 ms or
+#: Absurd Hello intervals (docs/behaviour.md §4): missing, not a finite number, below 100 ms or
 #: above 10 minutes. The next socket's Hello carries one; the default is used, no churn.
 ABSURD_INTERVALS = st.sampled_from(
     [

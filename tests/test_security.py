@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import structlog
 import trustme
 from structlog.testing import capture_logs
 from websockets.asyncio.server import ServerConnection, serve
 
-from qqconn import ConnectionManager, FatalError, Secret
+from qqconn import ConnectionManager, FatalError, Secret, State
 from qqconn.testing import FakeGateway
-from tests.test_driver import FAST, manager_for
+from tests.driver_support import FAST, manager_for, running
 
 
 class _TlsGateway(FakeGateway):
@@ -66,3 +68,20 @@ def test_manager_repr_and_snapshot_hold_no_secret() -> None:
     """The manager's repr and snapshot never hold the client secret."""
     mgr = ConnectionManager(app_id="1", client_secret="hunter2-secret", intents=1)
     assert "hunter2" not in repr(mgr) + repr(mgr.snapshot()) + repr(vars(mgr))
+
+
+async def test_secrets_never_reach_logs_reprs_or_state_file(tmp_path: Path) -> None:
+    """Secrets (client secret, access token) never appear in logs, reprs or the state file."""
+    state_file = tmp_path / "s.json"
+    structlog.reset_defaults()
+    with capture_logs() as logs:
+        async with running(state_file=state_file) as r:
+            await r.until_state(State.ALIVE)
+            token = r.gw.valid_token()
+            r.gw.faults.ack = False
+            await r.until(lambda: r.gw.resumes >= 1, timeout=5)
+            r.gw.faults.ack = True
+            text = repr(r.mgr) + repr(r.mgr.snapshot()) + state_file.read_text()
+    everything = text + repr(logs)
+    assert "s3cret" not in everything
+    assert token not in everything

@@ -1,0 +1,314 @@
+"""The manager: configuration and lifecycle of one gateway connection (one shard).
+
+:class:`ConnectionManager` checks its configuration, builds the parts (the machine, the
+:class:`~.feed.Feeder`, the :class:`~.host.HostLane`, the :class:`~.statefile.StateFile`) and
+runs them: ``run()`` owns one :class:`asyncio.TaskGroup` holding the host task and one task per
+attempt; ``stop()`` asks the machine to stop and waits, bounded, for ``run()`` to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from qqconn import checkpoint
+from qqconn import commands as cmd
+from qqconn import events as ev
+from qqconn._log import QuietLogger
+from qqconn.checkpoint import Resumable
+from qqconn.driver.attempt import RunContext
+from qqconn.driver.feed import Feeder
+from qqconn.driver.host import (
+    DispatchCallback,
+    FatalCallback,
+    HostLane,
+    StateCallback,
+    StateChange,
+)
+from qqconn.driver.statefile import StateFile
+from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource, tls_context
+from qqconn.errors import ConfigError, FatalError, LocalProtocolError
+from qqconn.machine import ConnectionMachine, State
+from qqconn.policy import Policy
+
+__all__ = ["DEFAULT_API_BASE", "ConnectionManager"]
+
+DEFAULT_API_BASE = "https://api.sgroup.qq.com"
+
+
+class ConnectionManager:
+    """Keeps one QQ gateway connection (one shard) alive, and says when it cannot.
+
+    ``on_dispatch(dispatch)`` gets each event once, in ``s`` order (READY included, RESUMED
+    not); ``on_state_change(change)`` gets every state change, in order with the dispatches;
+    both run on a task of their own, so a slow or raising callback never delays heartbeats.
+    ``on_fatal(error)`` is called exactly once if the manager gives up, from a task of its own.
+    Callbacks may be plain functions or coroutine functions; their exceptions are logged.
+
+    ``await run()`` returns after ``stop()``, or raises :class:`FatalError` when the manager
+    gives up. ``state_file``, if given, is rewritten atomically (mode 0600) on every state
+    change with a JSON snapshot that never holds a secret.
+    """
+
+    def __init__(
+        self,
+        *,
+        app_id: str,
+        client_secret: str,
+        intents: int,
+        shard: tuple[int, int] = (0, 1),
+        policy: Policy | None = None,
+        api_base: str = DEFAULT_API_BASE,
+        token_url: str = DEFAULT_TOKEN_URL,
+        on_dispatch: DispatchCallback | None = None,
+        on_state_change: StateCallback | None = None,
+        on_fatal: FatalCallback | None = None,
+        state_file: str | os.PathLike[str] | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        resume_from: tuple[str, int | None] | None = None,
+    ) -> None:
+        _check_config(app_id, client_secret, intents, shard, api_base, token_url)
+        self.app_id = app_id
+        self._secret = Secret(client_secret)
+        self.intents = intents
+        self.shard = shard
+        self.policy = policy if policy is not None else Policy()
+        self.api_base = api_base.rstrip("/")
+        self.token_url = token_url
+        self.state_file = Path(state_file) if state_file is not None else None
+        self._clock = clock
+        self._log = QuietLogger(structlog.get_logger("qqconn")).bind(
+            app_id=app_id, shard=f"{shard[0]}/{shard[1]}"
+        )
+        self._file = None if self.state_file is None else StateFile(self.state_file, log=self._log)
+        self._machine = ConnectionMachine(
+            self.policy, rng=rng, logger=self._log, restored=self._resumable(resume_from)
+        )
+        self._host = HostLane(
+            on_dispatch=on_dispatch,
+            on_state_change=on_state_change,
+            on_fatal=on_fatal,
+            handled=self._handled,
+            log=self._log,
+        )
+        self._finished = asyncio.Event()
+        self._run_done = asyncio.Event()
+        self._feeder = Feeder(
+            self._machine,
+            clock=clock,
+            log=self._log,
+            host=self._host,
+            announce=self._announce,
+            checkpoint=self.write_state_file,
+            finish=self._finished.set,
+        )
+        self._tokens: TokenSource | None = None
+        self._host_task: asyncio.Task[None] | None = None
+        self._started = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConnectionManager app_id={self.app_id!r} shard={self.shard} "
+            f"state={self._machine.state.name}>"
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The machine's current state."""
+        return self._machine.state
+
+    @property
+    def machine(self) -> ConnectionMachine:
+        """The machine (read it; feeding it is the driver's job)."""
+        return self._machine
+
+    @property
+    def dispatches_delivered(self) -> int:
+        """Dispatches the host's ``on_dispatch`` has finished with."""
+        return self._host.delivered
+
+    @property
+    def dispatches_dropped(self) -> int:
+        """Dispatches not handed to the host because it already had their ``s`` (replays)."""
+        return self._feeder.dropped
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able picture of the connection: state, session, counters, fatal. No secrets.
+
+        ``session_id`` and ``last_seq`` are the resume checkpoint: the session, and the last
+        ``s`` the host's ``on_dispatch`` has finished with. ``received_seq`` is the last ``s``
+        read from the socket. The keys are :data:`qqconn.checkpoint.SCHEMA_KEYS`.
+        """
+        return checkpoint.state_document(
+            self._machine.snapshot_fields(),
+            app_id=self.app_id,
+            shard=self.shard,
+            now_unix=time.time(),
+        )
+
+    async def access_token(self) -> str:
+        """A current access token, for the host's own REST calls (cached, refreshed in time)."""
+        if self._tokens is None:
+            raise LocalProtocolError(
+                "access_token() needs a running manager",
+                state=self.state.name,
+                event="access_token",
+            )
+        return (await self._tokens.get()).reveal()
+
+    def write_state_file(self) -> None:
+        """Rewrite the state file now (atomically, mode 0600). No-op without a state file.
+
+        The manager already does this on every state change, on exit, and whenever the machine
+        says so (a new session handled; at most once per ``Policy.checkpoint_interval_s`` while
+        events are handled or heartbeats acknowledged).
+        """
+        if self._file is not None:
+            self._file.write(self.snapshot())
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect and keep the connection alive until ``stop()`` or FATAL.
+
+        Returns after ``stop()``; raises :class:`FatalError` when the manager gives up.
+        """
+        if self._started:
+            raise LocalProtocolError("run() was already called", state=self.state.name, event="run")
+        self._started = True
+        try:
+            if self._machine.is_terminal:  # stop() came before run()
+                return
+            timeout = httpx.Timeout(self.policy.connect_timeout_s)
+            client = httpx.AsyncClient(timeout=timeout, verify=tls_context())
+            async with client as http, asyncio.TaskGroup() as tg:
+                self._tokens = TokenSource(
+                    http,
+                    self.token_url,
+                    self.app_id,
+                    self._secret,
+                    self._clock,
+                    self.policy.token_refresh_margin_s,
+                )
+                self._feeder.start(
+                    RunContext(
+                        self.app_id,
+                        self.intents,
+                        self.shard,
+                        self.api_base,
+                        self.policy,
+                        http,
+                        self._tokens,
+                        tg,
+                    )
+                )
+                self._host_task = tg.create_task(self._host.run(), name="qqconn-host")
+                self._feeder.feed(ev.Started(self._clock()))
+                # Whatever an earlier process left (perhaps "alive") is not true now.
+                self.write_state_file()
+                await self._finished.wait()
+                await self._host.drain(self.policy.close_timeout_s)
+                self._host_task.cancel()
+                self.write_state_file()
+        finally:
+            self._feeder.timers.cancel_all()
+            self._run_done.set()
+        fatal = self._machine.fatal
+        if fatal is not None:
+            raise FatalError(fatal.reason, close_code=fatal.close_code, retryable=fatal.retryable)
+
+    async def stop(self) -> None:
+        """Stop from any state: close the socket, cancel every task and timer, open nothing more.
+
+        Returns within ``Policy.stop_bound_s``. Safe to call more than once, before ``run()``,
+        from a callback, and from ``on_fatal``.
+        """
+        self._feeder.feed(ev.StopRequested(self._clock()))
+        if not self._started or asyncio.current_task() is self._host_task:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.policy.stop_bound_s):
+                await self._run_done.wait()
+
+    # -- what the parts report -------------------------------------------------------------
+
+    def _announce(self, change: cmd.AnnounceState) -> None:
+        snap = self.snapshot()
+        if self._file is not None:
+            self._file.write(snap)
+        state, previous = State(change.state), State[change.previous]
+        self._host.announce(StateChange(state, previous, change.trigger, snap, change.ending))
+
+    def _handled(self, delivery: cmd.DeliverDispatch) -> None:
+        # DispatchHandled, through the machine's fast path for it (one call, no event object).
+        seq = delivery.dispatch.seq
+        command = self._machine.handle_dispatch_handled(self._clock(), delivery.session_id, seq)
+        if command is not None:
+            self._feeder.execute(command)
+
+    def _resumable(self, resume_from: object) -> Resumable | None:
+        """The session to resume: the host's own checkpoint if it gave one, else the state
+        file's if :func:`~qqconn.checkpoint.judge_resume` allows it (reasons are logged)."""
+        saved = None
+        if self._file is not None:
+            saved = self._file.load(
+                app_id=self.app_id, shard=self.shard, resume_window_s=self.policy.resume_window_s
+            )
+        if resume_from is None:
+            return saved
+        # A checkpoint the host keeps itself (atomically with its own output) wins over the
+        # state file's: with it, a restart neither skips nor repeats an event.
+        restored = _check_resume_from(resume_from)
+        self._log.info("qqconn.session_restored", last_seq=restored.last_seq, source="host")
+        return restored
+
+
+def _check_config(
+    app_id: object,
+    client_secret: object,
+    intents: object,
+    shard: object,
+    api_base: object,
+    token_url: object,
+) -> None:
+    """Raise :class:`ConfigError` for the first argument a manager cannot work with."""
+    if not isinstance(app_id, str) or not app_id.strip():
+        raise ConfigError("app_id", "must be a non-empty string")
+    if not isinstance(client_secret, str) or not client_secret:
+        raise ConfigError("client_secret", "must be a non-empty string")
+    if isinstance(intents, bool) or not isinstance(intents, int) or not 0 < intents < 1 << 31:
+        raise ConfigError("intents", f"must be a positive intent mask, got {intents!r}")
+    if (
+        not isinstance(shard, tuple)
+        or len(shard) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
+        raise ConfigError(
+            "shard", f"must be (shard_id, shard_count) with 0 ≤ id < count, got {shard!r}"
+        )
+    for name, url in (("api_base", api_base), ("token_url", token_url)):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(name, f"must be an http(s) URL, got {url!r}")
+
+
+def _check_resume_from(resume_from: object) -> Resumable:
+    """``resume_from=(session_id, seq)`` as a :class:`~qqconn.checkpoint.Resumable`."""
+    sid, seq = (
+        resume_from if isinstance(resume_from, tuple) and len(resume_from) == 2 else ("", None)
+    )
+    if not isinstance(sid, str) or not sid or not (seq is None or (type(seq) is int and seq >= 0)):
+        raise ConfigError("resume_from", f"must be (session_id, seq), got {resume_from!r}")
+    return Resumable(sid, seq)

@@ -1,0 +1,79 @@
+"""The state file: an atomic, mode-0600 JSON picture of the connection, and reading it back.
+
+What the picture holds is :func:`qqconn.checkpoint.state_document` (never a secret), and
+whether a restart may resume from it is :func:`qqconn.checkpoint.judge_resume`; when it is
+rewritten is the machine's call. This module only writes it so that a reader in another process
+never sees half a file (temporary file, ``chmod``, ``os.replace``), and reads it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from qqconn import checkpoint
+from qqconn._log import QuietLogger
+from qqconn.checkpoint import Resumable
+from qqconn.machine import DETAIL_CHARS
+
+__all__ = ["StateFile"]
+
+
+class StateFile:
+    """One state file: ``write(snapshot)`` replaces it atomically; ``load()`` reads it back."""
+
+    def __init__(self, path: Path, *, log: QuietLogger) -> None:
+        self.path = path
+        self._log = log
+
+    def write(self, snapshot: dict[str, Any]) -> None:
+        """Replace the file with ``snapshot`` (atomically, mode 0600). A failure is logged."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".qqconn-", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump(snapshot, fh, sort_keys=True)
+                    fh.write("\n")
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            self._log.warning(
+                "qqconn.state_file_failed", path=str(self.path), error=str(exc)[:DETAIL_CHARS]
+            )
+
+    def load(
+        self, *, app_id: str, shard: tuple[int, int], resume_window_s: float
+    ) -> Resumable | None:
+        """The session an earlier process saved, if :func:`~qqconn.checkpoint.judge_resume`
+        says it may be resumed (logged as ``qqconn.session_restored``); else None (logged as
+        ``qqconn.state_file_ignored``, with the reason)."""
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            self._log.warning(
+                "qqconn.state_file_ignored", reason=f"unreadable: {type(exc).__name__}"
+            )
+            return None
+        now = time.time()
+        verdict = checkpoint.judge_resume(
+            doc, app_id=app_id, shard=shard, now_unix=now, resume_window_s=resume_window_s
+        )
+        if isinstance(verdict, str):
+            self._log.info("qqconn.state_file_ignored", reason=verdict, path=str(self.path))
+            return None
+        age = checkpoint.document_age_s(doc, now) if isinstance(doc, dict) else None
+        self._log.info(
+            "qqconn.session_restored", last_seq=verdict.last_seq, age_s=round(age or 0.0, 1)
+        )
+        return verdict
