@@ -1,6 +1,6 @@
 """Realistic QQ dispatch payloads for the benchmarks (stdlib only).
 
-The shapes follow ``shared/qq-protocol.md`` §1.4 and §4: group @-messages, C2C messages and
+The shapes follow ``docs/protocol.md`` §1.4 and §4: group @-messages, C2C messages and
 guild @-messages, with the fields the real gateway sends (author, openids, ids, timestamps,
 mentions, member roles). Every event carries its sequence number in its content (``#<seq>``)
 and in its message id, so any client (botpy included, whose handlers never see ``s``) can tell

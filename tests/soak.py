@@ -739,7 +739,9 @@ class Observer:
                 model.reach(None)
                 conn.reached, conn.phase = True, "alive"
             case ev.SocketClosed() if current:
-                ending = self._end("close", event.code, event.at)
+                # The driver reports raw facts: a frame above max_frame_bytes is our own 1009.
+                code = 1009 if event.sent_code == 1009 else event.code
+                ending = self._end("close", code, event.at)
             case ev.InvalidSessionReceived() if current:
                 ending = self._end("op9", None, event.at, resumable=event.resumable)
             case ev.ReconnectRequested() if current:

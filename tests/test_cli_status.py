@@ -207,3 +207,13 @@ def test_status_names_the_last_ending_by_the_machines_kind(
     path.write_text(json.dumps(doc))
     _, out, _ = usage(["status", "--state-file", str(path)], capsys)
     assert "last ending               connection lost (dropped)" in out
+
+
+def test_a_webhook_snapshot_is_judged_by_its_own_refresh_period(tmp_path: Path) -> None:
+    """A webhook receiver's snapshot (no heartbeat) is fresh within 2 × state_refresh_s, stale after."""
+
+    doc = {"state": "alive", "transport": "webhook", "state_refresh_s": 10.0}
+    fresh = judge(json.dumps({**doc, "updated_at_unix": 1000.0}), now_unix=1019.0, max_age_s=None)
+    stale = judge(json.dumps({**doc, "updated_at_unix": 1000.0}), now_unix=1021.0, max_age_s=None)
+    assert fresh.healthy, fresh.problem
+    assert not stale.healthy and stale.problem is not None and "stale" in stale.problem

@@ -42,7 +42,19 @@ CORE = (
 )
 
 #: Top-level modules and packages of qqconn/ that are not core: the shells and their helpers.
-SHELL = ("__init__", "__main__", "_log", "statecharts", "driver", "cli", "demo", "testing")
+SHELL = (
+    "__init__",
+    "__main__",
+    "_log",
+    "statecharts",
+    "driver",
+    "cli",
+    "demo",
+    "testing",
+    "metrics",
+    "ops",
+    "webhook",
+)
 
 #: Modules the core may not import (a prefix matches its submodules too).
 FORBIDDEN = (

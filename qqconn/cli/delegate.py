@@ -1,6 +1,7 @@
 """Subcommands that hand their whole argument list to another part of qqconn.
 
-``qqconn fake-gateway ARGS`` runs ``qqconn.testing.serve.main(ARGS)``. Such a target may be
+``qqconn fake-gateway ARGS`` runs ``qqconn.testing.serve.main(ARGS)``; ``qqconn serve ARGS``
+runs ``qqconn.webhook.cli.main(ARGS)``. Such a target may be
 absent from an installation (or not written yet): then the subcommand says so in one line and
 exits 2, instead of a traceback. :data:`DELEGATED` is the one place that lists them.
 """
@@ -37,6 +38,12 @@ DELEGATED: dict[str, Delegated] = {
             "qqconn.testing.serve",
             "run the fake QQ gateway on loopback, for trying a bot or adapter without QQ "
             "(arguments go to it: qqconn fake-gateway --help)",
+        ),
+        Delegated(
+            "serve",
+            "qqconn.webhook.cli",
+            "receive events over QQ's webhook (HTTP callback) transport under uvicorn "
+            "(arguments go to it: qqconn serve --help; needs qqconn[webhook])",
         ),
     )
 }

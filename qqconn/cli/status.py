@@ -16,7 +16,9 @@ about one heartbeat interval old; one that has missed two heartbeats would have 
 
     2 × heartbeat_interval_s + DEFAULT_STATE_REFRESH_S      (92.5 s at QQ's 41.25 s heartbeat)
 
-``heartbeat_interval_s`` is read from the snapshot itself. ``--max-age`` replaces the bound.
+``heartbeat_interval_s`` is read from the snapshot itself. A webhook receiver's snapshot has no
+heartbeat; it carries ``state_refresh_s`` (how often it rewrites the file) and is stale after
+``2 × state_refresh_s``. ``--max-age`` replaces the bound.
 """
 
 from __future__ import annotations
@@ -73,10 +75,18 @@ def add_parser(sub: Any) -> None:
 
 def fresh_bound_s(snapshot: Mapping[str, Any]) -> float | None:
     """How old an ``alive`` snapshot may be without ``--max-age`` (see the module docstring)."""
-    interval = snapshot.get("heartbeat_interval_s")
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+    interval = _positive_number(snapshot.get("heartbeat_interval_s"))
+    if interval is not None:
+        return 2 * interval + DEFAULT_STATE_REFRESH_S
+    # A webhook receiver has no heartbeat: it says how often it rewrites its file.
+    refresh = _positive_number(snapshot.get("state_refresh_s"))
+    return None if refresh is None else 2 * refresh
+
+
+def _positive_number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         return None
-    return 2 * float(interval) + DEFAULT_STATE_REFRESH_S
+    return float(value)
 
 
 def judge(text: str | None, *, now_unix: float, max_age_s: float | None, path: str = "") -> Health:
@@ -88,7 +98,9 @@ def judge(text: str | None, *, now_unix: float, max_age_s: float | None, path: s
     bound = fresh_bound_s(health.snapshot)
     age = health.age_s
     if bound is None:
-        problem = "no heartbeat_interval_s to judge freshness by (pass --max-age)"
+        problem = (
+            "no heartbeat_interval_s or state_refresh_s to judge freshness by (pass --max-age)"
+        )
     elif age is None:
         problem = "no usable updated_at to judge freshness by"
     elif age < 0:

@@ -35,16 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from qqconn.cli import (
+from qqconn.cli.logs import configure_logging
+from qqconn.cli.options import (
     ENV_APP_ID,
-    ENV_SECRET,
     EXIT_FATAL_PERMANENT,
     EXIT_FATAL_RETRYABLE,
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
-    configure_logging,
 )
+from qqconn.cli.secrets import ENV_SECRET
 
 __all__ = ["ServeOptions", "add_arguments", "main", "parse_listen", "serve", "serve_options"]
 

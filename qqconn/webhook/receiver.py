@@ -186,6 +186,9 @@ class WebhookReceiver:
             "listen": self.listen,
             "path": self.path,
             "tls": self.certfile is not None,
+            # how often a running receiver rewrites its state file: `qqconn status` judges
+            # freshness by it (a webhook has no heartbeat interval)
+            "state_refresh_s": self.state_refresh_s,
         }
         snap.update(self.asgi.snapshot())
         now = time.time()
