@@ -113,7 +113,6 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +153,7 @@ __all__ = [
     "ConnectionMachine",
     "Fatal",
     "State",
+    "build_engine",
     "build_rows",
 ]
 
@@ -334,6 +334,49 @@ def build_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def build_engine(rows: list[dict[str, Any]] | None = None) -> Machine:
+    """A ``transitions`` engine for the table (:func:`build_rows` unless ``rows``), with no model.
+
+    The process runs every :class:`ConnectionMachine` on one such engine
+    (:func:`shared_engine`): the table, events, conditions and callbacks exist once, and each
+    connection is a small model holding only its own state and counters (the pattern the
+    ``transitions`` FAQ recommends for many models). Models are never registered with the
+    engine (``add_model`` would bind a trigger per event on every model and keep it in
+    ``Machine.models``, a list scanned on every add and holding a strong reference): a
+    machine fires its rows itself, ``engine.events[trigger].trigger(model)``, which is what
+    the bound triggers do. So the engine holds no reference to any connection, nothing has to
+    leave it on FATAL or STOPPED, and starting a connection costs the same at the 10,000th.
+
+    The engine is built with ``queued=False`` and is never given a queue to hold: in
+    transitions 0.9.3 a queue is machine-wide (``queued="model"`` is not supported there), so
+    one connection's queued ``assess`` could run inside another's trigger, or on another
+    thread. Each machine keeps its own queue instead (:meth:`ConnectionMachine.handle`), which
+    gives the same order a queued machine gives: the queued trigger runs after the one that
+    queued it has finished, before :meth:`~ConnectionMachine.handle` returns.
+    """
+    return Machine(
+        model=None,
+        states=STATES,
+        transitions=build_rows() if rows is None else rows,
+        initial=S.CONNECTING,
+        auto_transitions=False,
+        send_event=True,
+        queued=False,
+        after_state_change="announce",
+    )
+
+
+_SHARED: Machine | None = None
+
+
+def shared_engine() -> Machine:
+    """The process's one engine, built on first use."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = build_engine()
+    return _SHARED
+
+
 @dataclass(frozen=True, slots=True)
 class Fatal:
     """Why the machine gave up."""
@@ -402,9 +445,10 @@ class ConnectionMachine:
     not told by the server.
     """
 
-    # Set by transitions.Machine on the model.
+    # Set by the engine (transitions) on the model.
     state: State
-    trigger: Callable[..., bool]
+    #: The engine this machine's rows run on: the process's shared one unless a test gave one.
+    _machine: Machine
 
     def __init__(
         self,
@@ -413,6 +457,7 @@ class ConnectionMachine:
         rng: random.Random | None = None,
         logger: Any = None,
         restored: Resumable | None = None,
+        engine: Machine | None = None,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self._rng = rng if rng is not None else random.Random()
@@ -452,17 +497,9 @@ class ConnectionMachine:
         self.next_delay_s: float | None = None
         self.now = 0.0
         self._out: list[cmd.Command] = []
-        self._trigger_name = ""
-        self._machine = Machine(
-            model=self,
-            states=STATES,
-            transitions=build_rows(),
-            initial=S.CONNECTING,
-            auto_transitions=False,
-            send_event=True,
-            queued=True,
-            after_state_change="announce",
-        )
+        self._queue: list[str] = []  # triggers queued by a callback (this machine's only)
+        self.state = S.CONNECTING
+        self._machine = engine if engine is not None else shared_engine()
 
     # -- the one entry point ---------------------------------------------------------------
 
@@ -488,8 +525,14 @@ class ConnectionMachine:
             self.last_frame_at = event.at
         trigger, kwargs = self._route(event)
         self._out = []
-        self._trigger_name = trigger
-        self.trigger(trigger, **kwargs)
+        events = self._machine.events
+        try:
+            events[trigger].trigger(self, **kwargs)
+            queue = self._queue
+            while queue:
+                events[queue.pop(0)].trigger(self)
+        finally:
+            self._queue.clear()
         out, self._out = self._out, []
         return out
 
@@ -847,7 +890,7 @@ class ConnectionMachine:
     # -- actions: QUICK_DROPPED and BACKOFF ---------------------------------------------------
 
     def queue_assess(self, _: Any) -> None:
-        self.trigger("assess")
+        self._queue.append("assess")
 
     def wait_before_attempt(self, _: Any) -> None:
         delay = next_delay(self.last_ending, self.failed_attempts, self.policy, self._rng)

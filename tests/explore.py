@@ -262,13 +262,14 @@ class Midpoint(random.Random):
         return (a + b) / 2
 
 
-def new_machine(policy: Policy) -> ConnectionMachine:
-    """A fresh machine with a stateless generator and a logger that drops everything."""
-    return ConnectionMachine(policy, rng=Midpoint(0), logger=Quiet())
+def new_machine(policy: Policy, engine: Any = None) -> ConnectionMachine:
+    """A fresh machine with a stateless generator and a logger that drops everything, on the
+    process's shared engine unless ``engine`` (one a :class:`Recorder` may hook)."""
+    return ConnectionMachine(policy, rng=Midpoint(0), logger=Quiet(), engine=engine)
 
 
 def _data_keys(machine: ConnectionMachine) -> tuple[str, ...]:
-    skip = {"_machine", "_log", "_rng", "policy", "_out"}
+    skip = {"_machine", "_log", "_rng", "policy", "_out", "_queue"}
     return tuple(k for k, v in vars(machine).items() if k not in skip and not callable(v))
 
 
@@ -541,9 +542,12 @@ def explore(
     """
     started = time.perf_counter()
     out = Exploration(policy)
-    machine = new_machine(policy)
+    rows = machine_module.build_rows()
+    machine = new_machine(
+        policy, machine_module.build_engine(rows)
+    )  # its own: the recorder hooks it
     keys = _data_keys(machine)
-    recorder = Recorder(machine, machine_module.build_rows())
+    recorder = Recorder(machine, rows)
 
     def add(node: Node, parent: tuple[int, ev.Event] | None) -> int:
         out.index[node] = len(out.nodes)
@@ -662,7 +666,7 @@ def _check_edge(
 ) -> None:
     src, dst = out.nodes[here], edge.child
     where = f"{src.state.name} --{label}-->"
-    bookkeeping = ("now", "_trigger_name")
+    bookkeeping = ("now",)
 
     # Started: begins a new machine; raises LocalProtocolError, machine unchanged, otherwise.
     if isinstance(event, ev.Started) and (src.started or src.state in TERMINAL):
@@ -762,7 +766,7 @@ def _changed(before: dict[str, Any], machine: ConnectionMachine, ignore: tuple[s
 def table_outcome_gaps(machine: ConnectionMachine | None = None) -> list[str]:
     """(state, trigger) pairs whose rows do not end in exactly one, last, unguarded row, read
     from the engine itself (``get_transitions``), in the order it tries them."""
-    engine = (machine or new_machine(POLICY))._machine
+    engine = machine._machine if machine is not None else machine_module.build_engine()
     gaps = []
     for state in State:
         for trigger in TRIGGERS:
