@@ -10,6 +10,10 @@ observes sockets and timers, feeds the facts in as :mod:`~qqconn.events`, and ca
 or a command: a delivered dispatch carries its payload, the host reports what it finished with,
 a restored session is a constructor argument (``restored=``) and can enter no other way.
 
+One engine for every connection: :func:`build_engine` builds the ``transitions`` machine
+for the table with no model, and every :class:`ConnectionMachine` of the process is a small
+model on the one :func:`shared_engine`, never registered with it and queueing its own triggers.
+
 The states (docs/behaviour.md)::
 
     CONNECTING     token, gateway URL, WebSocket, waiting for Hello
@@ -51,7 +55,9 @@ not, and its :class:`~qqconn.endings.EndingKind`). Two kinds of row end a connec
   ``heartbeat_due [frames_stale]`` (stale, rule 6), ``ack_due [ack_overdue]``,
   ``heartbeat_failed [send_failures_exhausted]`` (rule 7), ``attempt_deadline_passed``
   (rule 2) go to QUICK_DROPPED when the ending ``[is_quick_drop]``, else BACKOFF;
-  ``reconnect_requested`` (op 7, never a quick drop) goes to BACKOFF. Such a row names its observation (``observe=``, a
+  ``reconnect_requested`` (op 7, never a quick drop) goes to BACKOFF. Before a heartbeat
+  timer may judge, ``[loop_stalled]`` asks whether it ran late (``TimerFired.late_s``, rule 21):
+  then the machine re-arms both timers shortly instead (``recheck_after_stall``), once per beat. Such a row names its observation (``observe=``, a
   ``transitions`` *prepare* callback run before the guards): ``observe_zombie``,
   ``observe_stale``, ``observe_send_failures``, ``observe_deadline``, ``observe_op7``. It
   classifies the observation into the event's ``ending``, which the guards and actions read
@@ -265,10 +271,12 @@ TRANSITIONS: list[dict[str, Any]] = [
     _ends("attempt_deadline_passed", [S.CONNECTING, S.IDENTIFIED], S.BACKOFF, observe="observe_deadline"),
     # -- heartbeats, while a socket is up (IDENTIFIED, ALIVE): rules 4-7 ----------------------------
     _row("heartbeat_due", SOCKET_UP, None, unless=["ack_overdue", "frames_stale"], then="beat"),
+    _row("heartbeat_due", SOCKET_UP, None, when="loop_stalled", then="recheck_after_stall"),
     _ends("heartbeat_due", SOCKET_UP, S.QUICK_DROPPED, when=["ack_overdue", "is_quick_drop"], observe="observe_zombie"),
     _ends("heartbeat_due", SOCKET_UP, S.BACKOFF, when="ack_overdue", observe="observe_zombie"),
     _ends("heartbeat_due", SOCKET_UP, S.QUICK_DROPPED, when=["frames_stale", "is_quick_drop"], observe="observe_stale"),
     _ends("heartbeat_due", SOCKET_UP, S.BACKOFF, when="frames_stale", observe="observe_stale"),
+    _row("ack_due", SOCKET_UP, None, when=["loop_stalled", "ack_overdue"], then="recheck_after_stall"),
     _ends("ack_due", SOCKET_UP, S.QUICK_DROPPED, when=["ack_overdue", "is_quick_drop"], observe="observe_zombie"),
     _ends("ack_due", SOCKET_UP, S.BACKOFF, when="ack_overdue", observe="observe_zombie"),
     _row("heartbeat_acked", SOCKET_UP, None, then="note_ack"),
@@ -409,6 +417,10 @@ _WRITE_CHECKPOINT = cmd.WriteCheckpoint()  # no fields: one instance serves ever
 #: Monotonic clocks are floats: a socket opened at 12345.678 and ended 5.00 s later may
 #: subtract to 4.9999999999. This much grace keeps "5.00 s is not quick" true.
 QUICK_GRACE_S = 5e-7
+#: A heartbeat or ACK-deadline timer this late means our own loop was stalled (rule 21).
+STALL_GRACE_S = 0.1
+#: After a stall, judge again this fraction of the heartbeat interval later (once per beat).
+STALL_RECHECK_RATIO = 0.1
 #: Details the driver reports (a send error, a rejected frame) are logged shortened to this.
 DETAIL_CHARS = 200
 #: A raw Hello interval that was replaced is logged shortened to this (it may be anything).
@@ -491,6 +503,7 @@ class ConnectionMachine:
         self.last_ack_latency_s: float | None = None
         self.send_failures = 0
         self.last_frame_at: float | None = None
+        self.stall_excused = False  # a stalled loop excused since the last heartbeat
         # Bookkeeping for the next wait and the end.
         self.last_ending: Ending | None = None
         self.fatal: Fatal | None = None
@@ -583,10 +596,10 @@ class ConnectionMachine:
                 return "connection_ended", {"ending": ending}
             case ev.InvalidSessionReceived(resumable=resumable):
                 return "connection_ended", {"ending": classify(Op9(resumable))}
-            case ev.TimerFired(timer=Timer.HEARTBEAT):
-                return "heartbeat_due", {}
-            case ev.TimerFired(timer=Timer.ACK_DEADLINE):
-                return "ack_due", {}
+            case ev.TimerFired(timer=Timer.HEARTBEAT, late_s=late):
+                return "heartbeat_due", {"late_s": late}
+            case ev.TimerFired(timer=Timer.ACK_DEADLINE, late_s=late):
+                return "ack_due", {"late_s": late}
             case ev.TimerFired(timer=Timer.BACKOFF):
                 return "backoff_elapsed", {}
             case ev.TimerFired(timer=Timer.ATTEMPT_DEADLINE):
@@ -663,6 +676,12 @@ class ConnectionMachine:
         silent = self.now - self.last_frame_at
         return silent >= self.policy.stale_after_intervals * self.heartbeat_interval_s
 
+    def loop_stalled(self, event: Any) -> bool:
+        """Did this timer run more than STALL_GRACE_S late (our own loop was stalled, so an
+        acknowledgement or frame may be waiting unread), with no stall excused yet since the
+        last heartbeat? (docs/behaviour.md rule 21)"""
+        return event.kwargs["late_s"] > STALL_GRACE_S and not self.stall_excused
+
     def send_failures_exhausted(self, _: Any) -> bool:
         """Is this the max_heartbeat_send_failures-th failed heartbeat send in a row?"""
         return self.send_failures + 1 >= self.policy.max_heartbeat_send_failures
@@ -728,6 +747,7 @@ class ConnectionMachine:
         self.sent_resume = False
         self.heartbeat_interval_s = None
         self.awaiting_ack = False
+        self.stall_excused = False
         self.send_failures = 0
         self.acks = 0
         refresh, self.refresh_token = self.refresh_token, False
@@ -789,10 +809,28 @@ class ConnectionMachine:
     def beat_now(self, _: Any) -> None:
         assert self.heartbeat_interval_s is not None
         self.awaiting_ack = True
+        self.stall_excused = False
         self.beat_sent_at = self.now
         self._out.append(cmd.SendHeartbeat(self.attempt, self._last_seq))
         deadline = self.heartbeat_interval_s * self.policy.heartbeat_ack_timeout_ratio
         self._out.append(cmd.StartTimer(Timer.ACK_DEADLINE, deadline, self.attempt))
+
+    def recheck_after_stall(self, event: Any) -> None:
+        # The loop was stalled: what the peer sent meanwhile may sit unread behind this timer.
+        # Judge again shortly, in loop time, once per heartbeat: a dead peer is still found.
+        # Both heartbeat timers are re-armed: the other one is as late (the same stall), and
+        # restarting it cancels its run that may already be waiting behind this one.
+        assert self.heartbeat_interval_s is not None
+        self.stall_excused = True
+        delay = self.heartbeat_interval_s * STALL_RECHECK_RATIO
+        self._out.append(cmd.StartTimer(Timer.HEARTBEAT, delay, self.attempt))
+        if self.awaiting_ack:
+            self._out.append(cmd.StartTimer(Timer.ACK_DEADLINE, delay, self.attempt))
+        self._log.warning(
+            "qqconn.loop_stalled",
+            trigger=event.event.name,
+            late_ms=round(event.kwargs["late_s"] * 1000),
+        )
 
     def note_ack(self, _: Any) -> None:
         if not self.awaiting_ack:

@@ -107,6 +107,7 @@ class Node(NamedTuple):
     sent_resume: bool
     reached_session: bool
     awaiting_ack: bool
+    stall_excused: bool
     send_failures: int
     refresh_token: bool
     quick_drops: int
@@ -306,6 +307,8 @@ def abstract(machine: ConnectionMachine) -> Node:
         sent_resume=m.sent_resume,
         reached_session=m.reached_session,
         awaiting_ack=m.awaiting_ack,
+        # read only by heartbeat rows; begin_attempt resets it before a socket is up again
+        stall_excused=m.stall_excused and m.state in (State.IDENTIFIED, State.ALIVE),
         send_failures=m.send_failures,
         refresh_token=m.refresh_token,
         quick_drops=m.quick_drops,
@@ -368,6 +371,8 @@ def _base_alphabet() -> list[tuple[str, Maker | None]]:
     makers.append(("SocketClosed(sent 1009)", lambda a, t: ev.SocketClosed(a, t, None, "", 1009)))
     for timer in Timer:
         makers.append((f"TimerFired({timer.name})", _timer(timer)))
+    for timer in (Timer.HEARTBEAT, Timer.ACK_DEADLINE):  # run late by a stalled loop (rule 21)
+        makers.append((f"TimerFired({timer.name})@stalled", _late_timer(timer)))
     return makers
 
 
@@ -377,6 +382,10 @@ def _closer(code: int | None) -> Maker:
 
 def _timer(timer: Timer) -> Maker:
     return lambda a, t: ev.TimerFired(timer, a, t)
+
+
+def _late_timer(timer: Timer) -> Maker:
+    return lambda a, t: ev.TimerFired(timer, a, t, late_s=1.0)
 
 
 BASE_ALPHABET = _base_alphabet()
@@ -401,7 +410,10 @@ def alphabet(machine: ConnectionMachine) -> Iterator[tuple[str, ev.Event]]:
         and m.opened_at is not None
         and m.now - m.opened_at < p.quick_disconnect_threshold_s
     )
+    socket_up = m.state in (State.IDENTIFIED, State.ALIVE)
     for label, make in BASE_ALPHABET:
+        if label.endswith("@stalled") and not socket_up:
+            continue  # only heartbeat rows read late_s, and only with a socket up
         if make is None:
             if label == "DispatchHandled":  # the host lane reports the READY it was handed
                 yield label, ev.DispatchHandled(now, SESSION_ID, 1)
