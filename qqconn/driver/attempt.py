@@ -133,6 +133,7 @@ class Attempt:
                 return
             self.ws = ws
             feeder.feed(ev.SocketOpened(self.number, feeder.clock()))
+            feeder.obs.connection_opened()
             await self._read(ws)
         except Exception:  # a bug here ends this connection, never the host
             feeder.internal_error(self.number)
@@ -182,7 +183,12 @@ class Attempt:
         n = self.number
         feeder = self._feeder
         feed, execute, clock, log = feeder.feed, feeder.execute, feeder.clock, feeder.log
-        handle_dispatch, put = feeder.machine.handle_dispatch, feeder.host.deliver
+        machine, obs = feeder.machine, feeder.obs
+        handle_dispatch, put, seen = (
+            machine.handle_dispatch,
+            feeder.host.deliver,
+            obs.frame_received,
+        )
         deliver = cmd.DeliverDispatch
         code: int | None = None
         reason = ""
@@ -191,6 +197,7 @@ class Attempt:
             while True:
                 message = await ws.recv()
                 now = clock()
+                seen(now)
                 try:
                     frame = proto.parse_frame(message)
                 except RemoteProtocolError as exc:
@@ -208,7 +215,10 @@ class Attempt:
                     elif command is not None:
                         execute(command)
                     continue
+                acks = machine.acks
                 feed(_event_for(frame, n, now))
+                if machine.acks != acks and machine.last_ack_latency_s is not None:
+                    obs.heartbeat_acked(machine.last_ack_latency_s)  # every ACK, not a sample
                 if self.closing:  # the machine ended this attempt (op 7, op 9, ...): leave now
                     return
         except ConnectionClosed as exc:
