@@ -145,22 +145,25 @@ class Attempt:
     async def _open(self) -> ClientConnection | None:
         """Token, gateway URL, WebSocket. Reports ConnectFailed and returns None on failure."""
         run, feeder = self._run, self._feeder
-        stage = "token"
+        stage, url = "token", run.tokens.url
         try:
+            feeder.feed(ev.ConnectProgressed(self.number, feeder.clock(), stage, url))
             self.token = await run.tokens.get(refresh=self.refresh_token)
-            stage = "gateway"
+            stage, url = "gateway", f"{run.api_base}/gateway/bot"
+            feeder.feed(ev.ConnectProgressed(self.number, feeder.clock(), stage, url))
             response = await run.http.get(
-                f"{run.api_base}/gateway/bot",
+                url,
                 headers={
                     "Authorization": f"QQBot {self.token.reveal()}",
                     "X-Union-Appid": run.app_id,
                 },
             )
-            url = proto.parse_gateway_response(response.status_code, response.content)
-            stage = "handshake"
+            ws_url = proto.parse_gateway_response(response.status_code, response.content)
+            stage, url = "handshake", run.tokens.scrub(ws_url)  # reported: never a secret
+            feeder.feed(ev.ConnectProgressed(self.number, feeder.clock(), stage, url))
             return await websockets.connect(
-                url,
-                ssl=tls_context() if url.startswith("wss://") else None,
+                ws_url,
+                ssl=tls_context() if ws_url.startswith("wss://") else None,
                 open_timeout=run.policy.connect_timeout_s,
                 close_timeout=run.policy.close_timeout_s,
                 ping_interval=None,  # liveness is the machine's: heartbeats and ACKs
@@ -172,11 +175,9 @@ class Attempt:
             raise
         except Exception as exc:
             detail = run.tokens.scrub(f"{type(exc).__name__}: {exc}")[:DETAIL_CHARS]
-            feeder.log.warning("qqconn.connect_failed", stage=stage, error=detail)
+            feeder.log.warning("qqconn.connect_failed", stage=stage, url=url, error=detail)
             refused = isinstance(exc, CredentialsRefused)
-            feeder.feed(
-                ev.ConnectFailed(self.number, feeder.clock(), stage, detail, refused=refused)
-            )
+            feeder.feed(ev.ConnectFailed(self.number, feeder.clock(), stage, detail, refused, url))
             return None
 
     async def _read(self, ws: ClientConnection) -> None:
