@@ -337,3 +337,25 @@ async def test_refused_credentials_end_in_fatal_not_retryable_after_one_retry() 
                 await mgr.run()
         assert not info.value.retryable and "100007" in info.value.reason
         assert len([h for h in gw.http_requests if "AccessToken" in h.path]) == 2
+
+
+async def test_401_from_gateway_bot_refetches_the_token_at_once() -> None:
+    """A token revoked behind qqconn's back: /gateway/bot answers 401, and the very next attempt
+    fetches a fresh token (docs/behaviour.md rule 20) instead of reusing the cached one."""
+    async with running() as r:
+        await r.until_state(State.ALIVE)
+        before = len(r.gw.http_requests)
+        assert [h.path for h in r.gw.http_requests].count("/gateway/bot") == 1
+        r.gw.revoke_tokens()
+        await r.gw.drop()
+        await r.until(lambda: r.gw.resumes == 1 and r.mgr.state is State.ALIVE, timeout=5)
+        after = [(h.path.rsplit("/", 1)[-1], h.status) for h in r.gw.http_requests[before:]]
+        assert after == [
+            ("bot", 401),
+            ("getAppAccessToken", 200),
+            ("bot", 200),
+        ], after
+        refused, fetched = r.gw.http_requests[before], r.gw.http_requests[before + 1]
+        # One backoff step (FAST: 0.05 s at most 0.2 s), not the token's remaining lifetime.
+        assert fetched.at - refused.at < 2.0
+        assert r.mgr.machine.auth_failures == 0 and r.host.fatals == []
