@@ -982,7 +982,9 @@ class ConnectionMachine:
         self._out.append(cmd.Finish())
 
     def halt(self, _: Any) -> None:
-        self._close_current(1000, "qqconn: stopping")
+        # Not 1000/1001: those end the session on gateways of this family, and a process that
+        # stops is usually restarted, resuming from its state file (docs/behaviour.md rule 14).
+        self._close_current(RECONNECT_CLOSE_CODE, "qqconn: stopping")
         self._cancel_all_timers()
         self._out.append(cmd.Finish())
 
