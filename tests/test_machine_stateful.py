@@ -173,8 +173,7 @@ class Reference:
         and once that was skipped, give the session up; neither is a quick drop."""
         session = self.session
         point = (session, self.last_seq)
-        up = self.state in ("identified", "alive")
-        if session is None or not up or point != self.oversized_at:
+        if session is None or point != self.oversized_at:
             self.end(now, "resume", x)
             if session is not None and self.session is not None:
                 self.oversized_at = (session, self.last_seq)
