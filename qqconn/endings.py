@@ -24,6 +24,9 @@ The observations:
 :class:`Op7`           the server asked for a reconnect: before READY/RESUMED, on a young
                        connection, or on a live one
 :class:`Op9`           invalid session, resumable or not
+:class:`PoisonFrame`   an oversized frame came back at the same point of the stream after a
+                       Resume (rule 19): the next ``s`` is skipped, or (after a skip) the
+                       session is given up
 =====================  ===================================================================
 
 Nothing here touches a clock, a socket or the global random generator.
@@ -54,6 +57,7 @@ __all__ = [
     "Observation",
     "Op7",
     "Op9",
+    "PoisonFrame",
     "SendFailures",
     "Session",
     "Stale",
@@ -147,6 +151,10 @@ class EndingKind(enum.Enum):
     INVALID_SESSION_RESUMABLE = "invalid_session_resumable"
     #: op 9 with d: false (or no d)
     INVALID_SESSION = "invalid_session"
+    #: an oversized frame came back at the same point after a Resume: its s was skipped (rule 19)
+    POISON_FRAME_SKIPPED = "poison_frame_skipped"
+    #: an oversized frame came back even after a skip: the session was given up (rule 19)
+    POISON_FRAME_SESSION_LOST = "poison_frame_session_lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +167,7 @@ class Ending:
     ``fatal``: go to FATAL at once (not retryable).
     ``auth_failure``: the credentials were refused (4004, token endpoint): refresh once.
     ``before_socket``: the failure happened before the socket opened.
+    ``skipped_seq``: the ``s`` qqconn gave up on (rule 19's poison frame), never delivered.
     """
 
     kind: EndingKind
@@ -171,6 +180,7 @@ class Ending:
     fatal: bool = False
     auth_failure: bool = False
     before_socket: bool = False
+    skipped_seq: int | None = None
 
 
 # -- observations -------------------------------------------------------------------------------
@@ -257,7 +267,28 @@ class Op9:
     resumable: bool
 
 
-Observation = Closed | ConnectFailure | Zombie | Stale | SendFailures | DeadlinePassed | Op7 | Op9
+@dataclass(frozen=True, slots=True)
+class PoisonFrame:
+    """An oversized frame ended the connection again at the same point of the stream (the last
+    ``s`` received unchanged since the previous oversized ending, rule 19). ``seq``: the ``s``
+    it must be (the one after the last received); ``skipped_before``: that ``s`` was already
+    skipped and the frame still comes back."""
+
+    seq: int
+    skipped_before: bool
+
+
+Observation = (
+    Closed
+    | ConnectFailure
+    | Zombie
+    | Stale
+    | SendFailures
+    | DeadlinePassed
+    | Op7
+    | Op9
+    | PoisonFrame
+)
 
 # -- the close-code table -----------------------------------------------------------------------
 
@@ -348,6 +379,25 @@ def classify(observation: Observation) -> Ending:
             )
         case Closed(code=code, reason=reason):
             return classify_close(code, reason)
+        case PoisonFrame(seq=seq, skipped_before=False):
+            # Not the network: the same frame, every time. Skip that one event (Resume from
+            # it), never a quick drop; the host is told which s it lost.
+            return Ending(
+                EndingKind.POISON_FRAME_SKIPPED,
+                f"frame too large again after s={seq - 1}: s={seq} skipped",
+                TOO_LARGE_CLOSE_CODE,
+                counts_as_quick=False,
+                skipped_seq=seq,
+            )
+        case PoisonFrame(seq=seq):
+            # Skipping one s did not get past it: give up the session, never more.
+            return Ending(
+                EndingKind.POISON_FRAME_SESSION_LOST,
+                f"frame too large again after skipping s={seq}: session given up",
+                TOO_LARGE_CLOSE_CODE,
+                session=Session.FORGET,
+                counts_as_quick=False,
+            )
         case ConnectFailure(stage=stage, detail=detail, refused=refused, url=url):
             where = f" ({url})" if url else ""
             return Ending(

@@ -141,6 +141,7 @@ from qqconn.endings import (
     Observation,
     Op7,
     Op9,
+    PoisonFrame,
     SendFailures,
     Session,
     Stale,
@@ -291,6 +292,9 @@ TRANSITIONS: list[dict[str, Any]] = [
     _row("frame_rejected", LIVE, None, then="note_rejected"),
     # -- an end the driver reported (close, connect failure, op 9), already classified -----------
     _ends("connection_ended", LIVE, S.FATAL, when="ending_is_fatal"),
+    # -- the same oversized frame after a Resume (rule 19): asked before the quick-drop count ---
+    _row("connection_ended", LIVE, S.BACKOFF, when="frame_came_back_after_skip", observe="observe_poison", before="count_ending"),
+    _row("connection_ended", LIVE, S.BACKOFF, when="frame_came_back", observe="observe_poison", before="skip_poison_frame"),
     _ends("connection_ended", LIVE, S.QUICK_DROPPED, when="is_quick_drop"),
     _ends("connection_ended", LIVE, S.BACKOFF),
     # -- QUICK_DROPPED ----------------------------------------------------------------------------
@@ -425,6 +429,8 @@ STALL_RECHECK_RATIO = 0.1
 DETAIL_CHARS = 200
 #: A raw Hello interval that was replaced is logged shortened to this (it may be anything).
 RAW_VALUE_CHARS = 40
+#: The snapshot lists this many of the last seqs skipped as poison frames (rule 19).
+SKIPPED_KEPT = 20
 
 
 def _check_restored(restored: object) -> Resumable | None:
@@ -505,6 +511,14 @@ class ConnectionMachine:
         self.send_failures = 0
         self.last_frame_at: float | None = None
         self.stall_excused = False  # a stalled loop excused since the last heartbeat
+        # Rule 19 (poison frames): where the last oversized ending happened (session, last s
+        # received), the point the last skip left, an s to fold into the checkpoint once the
+        # host finished the one before it, and what was given up so far.
+        self._oversized_at: tuple[str, int | None] | None = None
+        self._skipped_at: tuple[str, int] | None = None
+        self._skip_pending = -1
+        self.skipped_seqs: tuple[int, ...] = ()
+        self.sessions_given_up = 0
         # Where the current attempt is (ConnectProgressed, then the socket's own steps), and
         # the URL that stage asked: a deadline that passes names them.
         self.connect_stage: str | None = None
@@ -656,7 +670,8 @@ class ConnectionMachine:
         if session_id == self._handled_session:
             last = self._handled_seq
             if seq is not None and (last is None or seq > last):
-                self._handled_seq = seq
+                # The s after it was skipped (rule 19): a restart must not ask for it again.
+                self._handled_seq = seq + 1 if seq + 1 == self._skip_pending else seq
             if at - self._checkpoint_at < self._checkpoint_interval_s:
                 return None  # the common case: one report among thousands a second
         else:  # the host finished with this session's READY: it becomes the checkpoint's
@@ -702,6 +717,17 @@ class ConnectionMachine:
         ending: Ending = event.kwargs["ending"]
         return ending.fatal or (ending.auth_failure and self.auth_failures >= 1)
 
+    def frame_came_back(self, event: Any) -> bool:
+        """Did an oversized frame end the connection again at the same point of the stream
+        (same session, same last s) as the previous oversized ending?"""
+        ending: Ending = event.kwargs["ending"]
+        return ending.kind is EndingKind.POISON_FRAME_SKIPPED
+
+    def frame_came_back_after_skip(self, event: Any) -> bool:
+        """Did it come back even after the s at that point was skipped?"""
+        ending: Ending = event.kwargs["ending"]
+        return ending.kind is EndingKind.POISON_FRAME_SESSION_LOST
+
     def is_quick_drop(self, event: Any) -> bool:
         """Does this ending count as quick, its socket having opened less than
         quick_disconnect_threshold_s ago?"""
@@ -743,6 +769,22 @@ class ConnectionMachine:
         before = self.opened_at is None
         stage, url = self.connect_stage, self.connect_url
         self._observe(event, DeadlinePassed(timeout, before_socket=before, stage=stage, url=url))
+
+    def observe_poison(self, event: Any) -> None:
+        # An oversized frame at the point of the previous one is a PoisonFrame; anything else
+        # stays what the driver reported (so this may run for both rows, in order).
+        ending: Ending = event.kwargs["ending"]
+        sid = self._session_id
+        if ending.kind is not EndingKind.FRAME_TOO_LARGE or sid is None:
+            return
+        point = (sid, self._last_seq)
+        if point != self._oversized_at:
+            return
+        last = self._last_seq if self._last_seq is not None else 0
+        if point == self._skipped_at:
+            self._observe(event, PoisonFrame(last, skipped_before=True))
+        else:
+            self._observe(event, PoisonFrame(last + 1, skipped_before=False))
 
     def observe_op7(self, event: Any) -> None:
         # Frames only arrive on an opened socket, so opened_at is set here.
@@ -904,12 +946,15 @@ class ConnectionMachine:
         self._handled_session = None
         self._handled_seq = None
         self.resume_failures = 0
+        self._oversized_at = self._skipped_at = None
+        self._skip_pending = -1
         self._log.info("qqconn.session_forgotten", reason=reason)
 
     def count_ending(self, event: Any) -> None:
         """Apply docs/behaviour.md's counter rules to a connection that ended (not fatally)."""
         ending: Ending = event.kwargs["ending"]
         self.last_ending = ending
+        session_before = self._session_id
         if ending.counts_as_quick and self.opened_at is not None:
             if self._lived_less_than_threshold():
                 self.quick_drops += 1
@@ -930,6 +975,17 @@ class ConnectionMachine:
         self._close_current(RECONNECT_CLOSE_CODE, ending.reason)
         if ending.kind is EndingKind.FRAME_TOO_LARGE:
             self._log.warning("qqconn.frame_too_large", max_bytes=self.policy.max_frame_bytes)
+            if self._session_id is not None:
+                self._oversized_at = (self._session_id, self._last_seq)
+        elif ending.kind is EndingKind.POISON_FRAME_SESSION_LOST:
+            self.sessions_given_up += 1
+            self._log.warning(
+                "qqconn.poison_frame_skipped",
+                lost="session",
+                seq=self._last_seq,
+                session_id=session_before,
+                max_bytes=self.policy.max_frame_bytes,
+            )
         (self._log.info if ending.delay in _EXPECTED_DELAYS else self._log.warning)(
             "qqconn.connection_ended",
             kind=ending.kind.value,
@@ -939,6 +995,33 @@ class ConnectionMachine:
             quick_drops=self.quick_drops,
             failed_attempts=self.failed_attempts,
         )
+
+    def skip_poison_frame(self, event: Any) -> None:
+        """Rule 19: the frame after the last s came back oversized after a Resume. Give up
+        that one s: the next Resume (and heartbeat) carries it, the checkpoint moves past it
+        once the host finished the one before, and the host is told."""
+        self.count_ending(event)
+        ending: Ending = event.kwargs["ending"]
+        seq = ending.skipped_seq
+        sid = self._session_id
+        assert seq is not None
+        if sid is None:  # the failed-resume rule gave the session up already
+            return
+        self._last_seq = seq
+        self._oversized_at = self._skipped_at = (sid, seq)
+        self.skipped_seqs = (*self.skipped_seqs, seq)[-SKIPPED_KEPT:]
+        self._log.warning(
+            "qqconn.poison_frame_skipped",
+            lost="event",
+            seq=seq,
+            session_id=sid,
+            max_bytes=self.policy.max_frame_bytes,
+        )
+        if self._handled_session == sid and self._handled_seq == seq - 1:
+            self._handled_seq = seq
+            self._out.append(_WRITE_CHECKPOINT)
+        else:
+            self._skip_pending = seq
 
     # -- actions: QUICK_DROPPED and BACKOFF ---------------------------------------------------
 
@@ -1008,7 +1091,9 @@ class ConnectionMachine:
         self._out.append(cmd.Finish())
 
     def halt(self, _: Any) -> None:
-        self._close_current(1000, "qqconn: stopping")
+        # Not 1000/1001: those end the session on gateways of this family, and a process that
+        # stops is usually restarted, resuming from its state file (docs/behaviour.md rule 14).
+        self._close_current(RECONNECT_CLOSE_CODE, "qqconn: stopping")
         self._cancel_all_timers()
         self._out.append(cmd.Finish())
 
@@ -1098,6 +1183,7 @@ class ConnectionMachine:
             "attempt": self.attempt,
             "heartbeat_interval_s": self.heartbeat_interval_s,
             "last_ack_latency_s": self.last_ack_latency_s,
+            "skipped": {"seqs": list(self.skipped_seqs), "sessions": self.sessions_given_up},
             "fatal": None
             if fatal is None
             else {

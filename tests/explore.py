@@ -114,6 +114,8 @@ class Node(NamedTuple):
     failed_attempts: int
     resume_failures: int
     auth_failures: int
+    oversized_here: bool  # the last oversized ending happened at the current point (rule 19)
+    skipped_here: bool  # ...and the s at this point was skipped already
     fatal_retryable: bool | None
 
 
@@ -293,6 +295,7 @@ def abstract(machine: ConnectionMachine) -> Node:
     young = (
         opened and m.opened_at is not None and m.now - m.opened_at < p.quick_disconnect_threshold_s
     )
+    live = m.session_id is not None and m.state not in TERMINAL
     silent = False
     if m.attempt_open and m.heartbeat_interval_s is not None and m.last_frame_at is not None:
         silent = m.now - m.last_frame_at >= p.stale_after_intervals * m.heartbeat_interval_s
@@ -315,6 +318,9 @@ def abstract(machine: ConnectionMachine) -> Node:
         failed_attempts=m.failed_attempts,
         resume_failures=m.resume_failures,
         auth_failures=m.auth_failures,
+        # Rule 19's memory is read only by a connection_ended row: nothing in FATAL or STOPPED.
+        oversized_here=live and m._oversized_at == (m.session_id, m.last_seq),
+        skipped_here=live and m._skipped_at == (m.session_id, m.last_seq),
         fatal_retryable=None if m.fatal is None else m.fatal.retryable,
     )
 

@@ -913,6 +913,11 @@ class Slot:
             token_ttl_s=50.0,  # every attempt fetches a token, so token faults bite
             seed=seed,
         )
+        # Assumed: no server-side heartbeat watchdog. The soak attributes every ending to the
+        # fault it injected; on a loaded machine a lagging loop would let the gateway's own
+        # 4009 (1.5 intervals without a heartbeat) end connections no fault planned. That
+        # watchdog is pinned in tests/test_fake_gateway.py.
+        self.gw.faults.heartbeat_timeout_intervals = None
         self.ledger = Ledger(report, self.name)
         self.observer = Observer(self)
         #: session id -> why the client let it go ("forgotten", "fatal")
@@ -1369,6 +1374,7 @@ class Runner:
         finally:
             obs.drop_hooks()
             slot.gw.faults.reset()
+            slot.gw.faults.heartbeat_timeout_intervals = None  # as at setup
         disturbed = self._judge(slot, step)
         if slot.mgr.state is State.FATAL or slot.task.done():
             await self._after_fatal(slot, step, disturbed)
@@ -1577,6 +1583,7 @@ class Runner:
             r.violation(f"{slot.name}: {len(slot.fatals)} fatal notifies for one FATAL")
         slot.check_state_file()
         slot.gw.faults.reset()
+        slot.gw.faults.heartbeat_timeout_intervals = None  # as at setup
         await until(
             lambda: not slot.gw.live_connections, 5, f"{slot.name}: sockets gone after FATAL"
         )

@@ -88,8 +88,14 @@ async def test_failing_heartbeat_sends_end_the_connection(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(Connection, "send", send)
     policy = replace(FAST, heartbeat_ack_timeout_ratio=1.0, stale_after_intervals=100.0)
+
+    def configure(gw: FakeGateway) -> None:
+        # Assumed: the server does not close first. The real one closes 4009 after about 1.5
+        # intervals without a heartbeat, before three failed sends (three intervals) add up.
+        gw.faults.heartbeat_timeout_intervals = None
+
     with capture_logs() as logs:
-        async with running(policy=policy) as r:
+        async with running(policy=policy, configure=configure) as r:
             await r.until_state(State.ALIVE)
             failing["on"] = True
             await r.until(lambda: len(r.gw.connections) >= 2, timeout=5)

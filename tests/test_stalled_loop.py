@@ -27,6 +27,9 @@ def gateway_thread() -> Iterator[FakeGateway]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     gw = FakeGateway(heartbeat_interval_ms=HB_MS, seed=1)
+    # The stalls below outlast the real gateway's patience with a silent client (1.5 Hello
+    # intervals): this test is about our own judgement, so the fake waits them out.
+    gw.faults.heartbeat_timeout_intervals = None
     try:
         asyncio.run_coroutine_threadsafe(gw.__aenter__(), loop).result(10)
         yield gw
