@@ -91,6 +91,10 @@ taken out of the exact comparison. A miss is a leak, reported with the differenc
 coroutine and descriptor kind, then re-baselined. The harness's own tasks are named ``soak-…``
 and not counted.
 
+Over a long run the same figures, with resident memory, are sampled at the baseline and then
+every ten minutes (a quarter of a short run) at a settled leak check, printed as they are taken,
+and must stay flat (tests/soak_resources.py, :class:`ResourceSampler`, states the bound).
+
 State file
 ----------
 A thread re-reads every state file in a tight loop: it must always parse (the write is
@@ -108,7 +112,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -127,6 +130,7 @@ from qqconn import events as ev
 from qqconn.events import Timer
 from qqconn.protocol import Dispatch
 from qqconn.testing import FakeGateway
+from tests.soak_resources import Resources, ResourceSampler
 from tests.test_driver import manager_for
 
 __all__ = [
@@ -398,6 +402,7 @@ class SoakReport:
     lag_spikes: Counter[str] = field(default_factory=Counter)
     phase_time: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    resources: str = ""
     violations: list[str] = field(default_factory=list)
 
     def violation(self, text: str) -> None:
@@ -427,7 +432,8 @@ class SoakReport:
         head = "\n".join(self.violations[:25])
         return (
             f"{self.line(label)}\nreplay with SOAK_SEED={self.seed}\n"
-            f"faults: {dict(self.by_fault)}\ndisturbances: {dict(self.disturbances)}\n{head}"
+            f"faults: {dict(self.by_fault)}\ndisturbances: {dict(self.disturbances)}\n"
+            f"resources: {self.resources}\n{head}"
         )
 
 
@@ -471,81 +477,6 @@ class _ErrorRecords(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if len(self.records) < 20:
             self.records.append(f"{record.name}: {record.getMessage()} {record.exc_text or ''}")
-
-
-# =================================================================================================
-# Resources (leaks)
-# =================================================================================================
-
-
-def _task_label(task: asyncio.Task[Any]) -> str:
-    coro = task.get_coro()
-    return getattr(coro, "__qualname__", type(coro).__name__)
-
-
-#: Task of one HTTP keep-alive connection on the fake's side; its connection has two file
-#: descriptors (the manager's pooled client socket and the fake's server socket).
-HTTP_TASK = "H11Server._serve"
-#: Tasks that live for a moment by design (one per heartbeat or other send).
-TRANSIENT_TASKS = frozenset({"Attempt._send"})
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Tasks, file descriptors and sockets of the process at one moment.
-
-    HTTP keep-alive connections (httpx's pool in each manager, and the fake's handler for each)
-    come and go with the pool's own policy, so they are counted apart and only bounded (two per
-    manager at most); everything else must equal the baseline exactly. The harness's own tasks
-    (named ``soak-…``) are not counted."""
-
-    tasks: Counter[str]
-    fds: dict[str, str]
-    http: int
-
-    @classmethod
-    def now(cls) -> Resources:
-        tasks = Counter(
-            _task_label(t)
-            for t in asyncio.all_tasks()
-            if not t.done() and not t.get_name().startswith("soak-")
-        )
-        fds: dict[str, str] = {}
-        for name in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                fds[name] = os.readlink(f"/proc/self/fd/{name}")
-        http = tasks.pop(HTTP_TASK, 0)
-        return cls(tasks, fds, http)
-
-    @property
-    def sockets(self) -> int:
-        return sum(1 for target in self.fds.values() if target.startswith("socket:"))
-
-    @property
-    def quiet(self) -> bool:
-        """No task that only lives for a moment is running."""
-        return not any(self.tasks[t] for t in TRANSIENT_TASKS)
-
-    def same_as(self, other: Resources, *, managers: int) -> bool:
-        return (
-            sum(self.tasks.values()) == sum(other.tasks.values())
-            and len(self.fds) - 2 * self.http == len(other.fds) - 2 * other.http
-            and self.sockets - 2 * self.http == other.sockets - 2 * other.http
-            and self.http <= 2 * managers
-        )
-
-    def diff(self, base: Resources) -> str:
-        more = self.tasks - base.tasks
-        fewer = base.tasks - self.tasks
-        kinds = Counter(t.split(":", 1)[0] for t in self.fds.values())
-        base_kinds = Counter(t.split(":", 1)[0] for t in base.fds.values())
-        return (
-            f"tasks {sum(base.tasks.values())}->{sum(self.tasks.values())} "
-            f"(+{dict(more)} -{dict(fewer)}), fds {len(base.fds)}->{len(self.fds)} "
-            f"(+{dict(kinds - base_kinds)} -{dict(base_kinds - kinds)}), "
-            f"sockets {base.sockets}->{self.sockets}, HTTP keep-alive connections "
-            f"{base.http}->{self.http}"
-        )
 
 
 class StateFileWatcher(threading.Thread):
@@ -1613,20 +1544,31 @@ async def _audit_state_files(slots: Sequence[Slot]) -> None:
 
 
 async def _check_leaks(
-    report: SoakReport, base: Resources, slots: Sequence[Slot], timeout: float
+    report: SoakReport,
+    base: Resources,
+    slots: Sequence[Slot],
+    timeout: float,
+    sampler: ResourceSampler | None = None,
 ) -> Resources:
     """Everything back to ``base`` (eventually: heartbeat sends live for a moment)? A miss is
-    a leak: reported with the difference, then the new figures become the baseline."""
+    a leak: reported with the difference, then the new figures become the baseline. When the
+    figures are back and a resource sample is due, the sampler reads them there."""
     report.leak_checks += 1
+    matched: list[Resources] = []
+
+    def settled() -> bool:
+        if not all(len(s.gw.live_connections) == 1 for s in slots):
+            return False
+        now = Resources.now()
+        if now.same_as(base, managers=len(slots)):
+            matched.append(now)
+            return True
+        return False
+
     try:
-        await until(
-            lambda: (
-                all(len(s.gw.live_connections) == 1 for s in slots)
-                and Resources.now().same_as(base, managers=len(slots))
-            ),
-            timeout,
-            "resources back to baseline",
-        )
+        await until(settled, timeout, "resources back to baseline")
+        if sampler is not None and sampler.due():
+            sampler.take(matched[-1], [s.gw for s in slots])
     except StepTimeout:
         now = Resources.now()
         report.leaks += 1
@@ -1643,6 +1585,7 @@ async def _run_concurrently(
     deadline: float,
     pace_s: float,
     barrier_every_s: float,
+    sampler: ResourceSampler,
 ) -> None:
     """Every slot steps on its own; at each barrier all park (between steps) for a leak check."""
     report = runner.report
@@ -1685,7 +1628,7 @@ async def _run_concurrently(
             if broken:
                 break
             report.phase = "leak check"
-            base = await _check_leaks(report, base, slots, 6.0)
+            base = await _check_leaks(report, base, slots, 6.0, sampler)
             report.phase = "steps"
             barrier.clear()
             gate.set()
@@ -1711,6 +1654,7 @@ async def run_soak(
     pace_s: float = 0.0,
     barrier_every_s: float = 8.0,
     hb_ms: int = HB_MS,
+    sample_every_s: float | None = None,
 ) -> SoakReport:
     """Run a soak: ``managers`` manager slots for about ``seconds``, all from ``seed``.
 
@@ -1718,6 +1662,11 @@ async def run_soak(
     own (pausing up to ``pace_s`` between steps), and every ``barrier_every_s`` all slots finish
     their step and wait while resources are compared with the baseline. Returns the report;
     the caller asserts ``report.violations == []``.
+
+    Resident memory, file descriptors and tasks are sampled at the baseline and then every
+    ``sample_every_s`` (default: a quarter of the run, at most ten minutes) at a settled leak
+    check, printed as they are taken, and must stay flat (:class:`ResourceSampler` states the
+    bound); ``report.resources`` summarises them.
     """
     report = SoakReport(seed=seed)
     tap = LogTap()
@@ -1734,6 +1683,8 @@ async def run_soak(
     ws_logger = logging.getLogger("websockets")
     ws_logger.addHandler(ws_errors)
     watcher = StateFileWatcher([s.state_file for s in slots])
+    every = sample_every_s if sample_every_s is not None else min(600.0, max(seconds / 4, 5.0))
+    sampler = ResourceSampler(every, time.monotonic, emit=lambda text: print(text, flush=True))
     started = time.monotonic()
     lag = asyncio.create_task(_lag_monitor(report), name="soak-lag-monitor")
     auditor: asyncio.Task[None] | None = None
@@ -1745,6 +1696,7 @@ async def run_soak(
                 auditor = asyncio.create_task(_audit_state_files(slots), name="soak-state-auditor")
                 report.phase = "baseline"
                 base = await _settled_baseline(slots)
+                sampler.take(base, [s.gw for s in slots])
                 deadline = started + seconds
                 runner = Runner(report, tap)
                 schedulers = [Scheduler(s, weights) for s in slots]
@@ -1755,10 +1707,10 @@ async def run_soak(
                         report.phase = "steps"
                         await runner.step(slots[0], schedulers[0])
                         report.phase = "leak check"
-                        base = await _check_leaks(report, base, slots, 3.0)
+                        base = await _check_leaks(report, base, slots, 3.0, sampler)
                 else:
                     await _run_concurrently(
-                        runner, slots, schedulers, base, deadline, pace_s, barrier_every_s
+                        runner, slots, schedulers, base, deadline, pace_s, barrier_every_s, sampler
                     )
                 report.phase = "close"
                 auditor.cancel()
@@ -1784,6 +1736,9 @@ async def run_soak(
         loop.set_exception_handler(previous_handler)
         report.elapsed_s = time.monotonic() - started
     report.state_file_reads = watcher.reads
+    report.resources = sampler.summary()
+    for problem in sampler.problems():
+        report.violation(problem)
     report.bad_frames = tap.counts["qqconn.bad_frame"]
     for problem in watcher.problems:
         report.violation(f"state file watcher: {problem}")
