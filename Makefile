@@ -46,10 +46,12 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 # SECONDS_TO_SOAK: the one-manager soak gets 0.3 of it, the fifty-manager soak all of it
-# (SECONDS_TO_SOAK=3600 is issue 14's hour; both print memory/fds/tasks every ten minutes).
+# (SECONDS_TO_SOAK=3600 is issue 14's hour; both print memory/fds/tasks every ten minutes);
+# then the crash soak, CRASH_KILLS (60) SIGKILLs of `qqconn run --output` under random faults.
 soak: $(STAMP)
 	$(PY) -m pytest -q -s tests/test_soak.py --soak-seconds=$${SECONDS_TO_SOAK:-600} \
 	  --soak-fifty-seconds=$${SECONDS_TO_SOAK:-600}
+	$(PY) -m pytest -q -s tests/test_crash_soak.py --crash-kills=$${CRASH_KILLS:-60}
 
 # What CI runs (.ci/run): the habits first, then the tests.
 check: lint typecheck test

@@ -44,3 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="seconds for the fifty-manager soak alone (default: its share of --soak-seconds)",
     )
+    parser.addoption(
+        "--crash-kills",
+        type=int,
+        default=8,
+        help="SIGKILLs of tests/test_crash_soak.py's random-seed run (make soak asks for 60)",
+    )
