@@ -275,3 +275,44 @@ async def test_stop_reports_what_the_host_could_not_finish_within_the_bound() ->
         # Queued and never started; the one in the handler when the drain gave up is the +1.
         assert undelivered[0]["pending"] + len(got) + 1 == 7
         assert took < policy.close_timeout_s * 3 + 1.0
+
+
+# -- driver: a timer started under a name replaces the previous one ------------------------------
+
+
+async def test_op1_while_a_heartbeat_is_unacked_moves_the_ack_deadline() -> None:
+    """A heartbeat request (op 1) while a heartbeat is unacknowledged sends one at once and
+    restarts the ACK deadline: an ACK that arrives after the old deadline but before the new
+    one leaves the connection ALIVE (the old timer was replaced, not left running).
+    Broken version: Timers.start without cancelling the running timer of that name."""
+    async with FakeGateway(heartbeat_interval_ms=2000) as gw:
+        gw.faults.ack = False  # the test acknowledges by hand
+        mgr = manager_for(gw)
+        deadline_s = 2.0 * mgr.policy.heartbeat_ack_timeout_ratio  # 0.9 s
+        task = asyncio.create_task(mgr.run())
+        try:
+            async with asyncio.timeout(10):
+                while mgr.state is not State.ALIVE or not gw.heartbeats:
+                    await asyncio.sleep(0.005)
+            t0 = gw.heartbeats[0][0]
+            await asyncio.sleep(max(0.0, t0 + 0.4 - time.monotonic()))
+            assert mgr.machine.awaiting_ack
+            assert await gw.send_raw('{"op":1,"d":null}') == 1
+            async with asyncio.timeout(2):
+                while len(gw.heartbeats) < 2:  # the cause: op 1 answered with a heartbeat
+                    await asyncio.sleep(0.005)
+            t1 = gw.heartbeats[1][0]
+            assert t1 < t0 + deadline_s, "op 1 was not answered before the old deadline"
+            # Between the old deadline (t0 + 0.9) and the new one (t1 + 0.9).
+            await asyncio.sleep(max(0.0, (t0 + t1) / 2 + deadline_s - time.monotonic()))
+            assert time.monotonic() > t0 + deadline_s
+            assert await gw.send_raw('{"op":11}') == 1
+            async with asyncio.timeout(2):
+                while mgr.machine.acks < 1:  # the cause: the ACK was taken
+                    await asyncio.sleep(0.005)
+            assert time.monotonic() < t1 + deadline_s + 0.3
+            assert mgr.state is State.ALIVE and not mgr.machine.awaiting_ack
+            assert [c.closed_at for c in gw.connections] == [None]
+        finally:
+            await mgr.stop()
+            await task
