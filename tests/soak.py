@@ -103,6 +103,11 @@ atomic) and never hold the client secret. On the loop side, at every await point
 session must be one the host was given READY for, and its ``last_seq`` no larger than what the
 host finished. The only moment excluded is a fresh manager whose ``run()`` has not started:
 until then the file is still the previous manager's (``fatal``); ``run()`` rewrites it first.
+
+Where things live (split by concern, issue 9): this module generates the scenarios (the fault
+steps and their schedule) and runs them; ``tests/soak_model.py`` is the independent accounting
+model (the counters, the endings, the plans); ``tests/soak_resources.py`` samples resources;
+``tests/soak_report.py`` is the report and the log tap.
 """
 
 from __future__ import annotations
@@ -115,13 +120,11 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-import structlog
 from structlog.testing import capture_logs
 
 from qqconn import ConnectionManager, FatalError, Policy, State
@@ -130,6 +133,18 @@ from qqconn import events as ev
 from qqconn.events import Timer
 from qqconn.protocol import Dispatch
 from qqconn.testing import FakeGateway
+from tests.soak_model import (
+    FATAL_CODES,
+    IDENTIFY_CODES,
+    TRANSIENT_CODES,
+    ZOMBIE_CLOSE_CODE,
+    CounterModel,
+    End,
+    Planned,
+    lived_is_quick,
+    predict,
+)
+from tests.soak_report import LogTap, SoakReport, _ErrorRecords
 from tests.soak_resources import Resources, ResourceSampler
 from tests.test_driver import manager_for
 
@@ -169,314 +184,6 @@ SOAK_POLICY = Policy(
     close_timeout_s=0.5,
     max_frame_bytes=64 * 1024,
 )
-
-FATAL_CODES = frozenset({4001, 4002, 4010, 4011, 4012, 4013, 4014, 4914, 4915, 4924})
-TRANSIENT_CODES = (1000, 1001, 1011)
-IDENTIFY_CODES = (4006, 4007, 4900, 4903, 4913, 4950)
-ZOMBIE_CLOSE_CODE = 4000  # what the machine closes a zombie/stale socket with
-
-
-# =================================================================================================
-# The reference model of behaviour.md's counters
-# =================================================================================================
-
-
-@dataclass(frozen=True)
-class End:
-    """One end of a connection attempt, as behaviour.md's counters need to know it.
-
-    ``kind``: ``close`` (a close frame, or none: ``code`` None), ``op7``, ``op9``,
-    ``watchdog`` (zombie, stale, failed heartbeat sends: decided by the client),
-    ``pre_socket`` (token/URL/handshake failure or deadline before the socket opened),
-    ``deadline`` (no READY/RESUMED in time after the socket opened).
-    ``quick``: None when no socket opened, else whether it lived less than the threshold.
-    """
-
-    kind: str
-    code: int | None = None
-    resumable: bool = False
-    quick: bool | None = None
-    reached: bool = False
-    hello: bool = False
-
-    def label(self) -> str:
-        if self.kind == "close":
-            return f"close {self.code}" if self.code is not None else "drop"
-        if self.kind == "op9":
-            return f"op9 {str(self.resumable).lower()}"
-        return self.kind
-
-
-#: Float time stamps: "opened at t, ended 5.00 s later" may subtract to 4.9999999999 s.
-#: behaviour.md says 5.00 s is not quick, so half a microsecond of grace (as the machine has).
-LIVED_GRACE_S = 5e-7
-
-
-def lived_is_quick(lived: float, policy: Policy) -> bool:
-    """behaviour.md §Counters 1: quick when it lived less than the threshold (4.99 s is, 5.00 s
-    is not)."""
-    return lived + LIVED_GRACE_S < policy.quick_disconnect_threshold_s
-
-
-def forgets_session(end: End) -> bool:
-    """behaviour.md: op 9 false; close 4006, 4007, 49xx except the fatal ones."""
-    if end.kind == "op9":
-        return not end.resumable
-    if end.kind == "close" and end.code is not None:
-        return end.code in (4006, 4007) or (
-            4900 <= end.code <= 4999 and end.code not in FATAL_CODES
-        )
-    return False
-
-
-def ending_code(end: End) -> int | None:
-    """The close code a FATAL caused by this ending reports."""
-    if end.kind == "close":
-        return end.code
-    if end.kind == "watchdog":
-        return end.code
-    return None
-
-
-@dataclass
-class CounterModel:
-    """behaviour.md's counters, written again from the spec (see the module docstring)."""
-
-    policy: Policy
-    quick: int = 0
-    failed: int = 0
-    resume_failures: int = 0
-    auth_failures: int = 0
-    session: str | None = None
-    #: (retryable, close_code) once FATAL is required.
-    fatal: tuple[bool, int | None] | None = None
-    #: Why the last session was dropped: "forgotten" or "fatal".
-    released: list[tuple[str, str]] = field(default_factory=list)
-
-    def copy(self) -> CounterModel:
-        return replace(self, released=[])
-
-    def reach(self, session_id: str | None) -> None:
-        """READY (with its session) or RESUMED (None) arrived: the attempt budget is whole again."""
-        if session_id is not None:
-            self.session = session_id
-        self.failed = 0
-        self.resume_failures = 0
-        self.auth_failures = 0
-
-    def end(self, e: End, *, sent_resume: bool) -> None:
-        """Apply one connection end (the rules of behaviour.md §Counters and the code table)."""
-        p = self.policy
-        if self.fatal is not None:
-            return
-        if e.kind == "close" and e.code in FATAL_CODES:
-            self._give_up(False, e.code)
-            return
-        auth = e.kind == "close" and e.code == 4004
-        if auth and self.auth_failures >= 1:
-            self._give_up(False, 4004)
-            return
-        quick_drop = False
-        if e.kind != "op7" and e.quick is not None:
-            if e.quick:
-                self.quick += 1
-                quick_drop = True
-            else:
-                self.quick = 0
-        if not e.reached or (e.kind == "close" and e.code == 4008):
-            self.failed += 1
-        if sent_resume and not e.reached:
-            self.resume_failures += 1
-        if auth:
-            self.auth_failures += 1
-        if (forgets_session(e) or self.resume_failures >= p.max_resume_failures) and (
-            self.session is not None
-        ):
-            self.released.append((self.session, "forgotten"))
-            self.session = None
-            self.resume_failures = 0
-        if (
-            quick_drop and self.quick >= p.max_quick_disconnects
-        ) or self.failed >= p.max_reconnect_attempts:
-            self._give_up(True, ending_code(e))
-
-    def _give_up(self, retryable: bool, code: int | None) -> None:
-        self.fatal = (retryable, code)
-        if self.session is not None:
-            self.released.append((self.session, "fatal"))
-
-    def apply(self, e: End) -> None:
-        """Simulation: one whole connection (Hello, maybe READY/RESUMED, then its end)."""
-        sent_resume = e.hello and self.session is not None
-        if e.reached:
-            self.reach(None if self.session is not None else "simulated-session")
-        self.end(e, sent_resume=sent_resume)
-
-    def backoff_range(self, e: End) -> tuple[float, float]:
-        """The delay behaviour.md allows before the attempt that follows ``e``."""
-        p = self.policy
-        if e.kind == "op7" and e.reached and not e.quick:
-            return (0.0, 0.0)
-        # op 7 on a connection younger than the quick threshold: the machine backs off (see
-        # ConnectionMachine.end_op7_young: a deliberate guard against an op 7 loop, reported
-        # as a deviation from behaviour.md's "reconnect at once"); it falls to the backoff row.
-        if e.kind == "close" and e.code == 4009:
-            return p.rotation_delay_s
-        if e.kind == "close" and e.code == 4008:
-            return (p.rate_limit_wait_s, p.rate_limit_wait_s)
-        if e.kind == "op9" and e.resumable:
-            return p.invalid_session_delay_s
-        base = p.backoff_s[min(max(self.failed - 1, 0), len(p.backoff_s) - 1)]
-        return (base * (1 - p.backoff_jitter), base * (1 + p.backoff_jitter))
-
-
-@dataclass(frozen=True)
-class Planned:
-    """An ending a fault should cause. Tuples list every value that may happen."""
-
-    kind: str
-    code: int | None = None
-    resumable: bool = False
-    quick: tuple[bool | None, ...] = (None,)
-    reached: tuple[bool, ...] = (True,)
-    hello: tuple[bool, ...] = (True,)
-    #: The harness made the timing certain (a "long" injection): a mismatch is a bug.
-    certain: bool = False
-    #: Endings that may replace this one when the loop runs late (a disturbance, not a bug).
-    alt: tuple[str, ...] = ()
-
-    def variants(self) -> Iterable[End]:
-        for quick, reached, hello in itertools.product(self.quick, self.reached, self.hello):
-            if reached and not hello:
-                continue
-            yield End(self.kind, self.code, self.resumable, quick, reached, hello)
-
-    def label(self) -> str:
-        return End(self.kind, self.code, self.resumable).label()
-
-
-def predict(model: CounterModel, plan: Sequence[Planned]) -> set[tuple[bool, int | None] | None]:
-    """Every FATAL verdict (None: no FATAL) the planned endings can lead to from ``model``."""
-    outcomes: set[tuple[bool, int | None] | None] = set()
-    for combo in itertools.product(*(list(p.variants()) for p in plan)):
-        sim = model.copy()
-        for end in combo:
-            sim.apply(end)
-            if sim.fatal is not None:
-                break
-        outcomes.add(sim.fatal)
-    return outcomes
-
-
-# =================================================================================================
-# Reporting
-# =================================================================================================
-
-
-@dataclass
-class SoakReport:
-    """Everything a soak run counts; ``violations`` must stay empty."""
-
-    seed: int
-    managers: int = 0
-    faults: int = 0
-    by_fault: Counter[str] = field(default_factory=Counter)
-    fatal_planned: int = 0
-    fatal_unplanned: int = 0
-    disturbed: int = 0
-    disturbances: Counter[str] = field(default_factory=Counter)
-    sent: int = 0
-    delivered: int = 0
-    duplicated: int = 0
-    gaps: int = 0
-    lost_forgotten: int = 0
-    lost_fatal: int = 0
-    lost_unlearned: int = 0
-    leaks: int = 0
-    leak_checks: int = 0
-    reconnects: int = 0
-    bad_frames: int = 0
-    state_file_reads: int = 0
-    max_lag_s: float = 0.0
-    phase: str = "start"
-    lag_spikes: Counter[str] = field(default_factory=Counter)
-    phase_time: Counter[str] = field(default_factory=Counter)
-    elapsed_s: float = 0.0
-    resources: str = ""
-    violations: list[str] = field(default_factory=list)
-
-    def violation(self, text: str) -> None:
-        if len(self.violations) < 200:
-            self.violations.append(text)
-
-    @property
-    def lost(self) -> int:
-        return self.lost_forgotten + self.lost_fatal + self.lost_unlearned
-
-    def line(self, label: str) -> str:
-        return (
-            f"soak[{label}] seed={self.seed} faults={self.faults} events sent={self.sent} "
-            f"delivered={self.delivered} lost={self.lost} (forgotten={self.lost_forgotten} "
-            f"fatal={self.lost_fatal} unlearned={self.lost_unlearned}) "
-            f"duplicated={self.duplicated} gaps={self.gaps} managers={self.managers} "
-            f"fatal={self.fatal_planned}+{self.fatal_unplanned} unplanned "
-            f"reconnects={self.reconnects} leaks={self.leaks}/{self.leak_checks} checks "
-            f"bad_frames={self.bad_frames} disturbed={self.disturbed} "
-            f"state_file_reads={self.state_file_reads} max_lag={self.max_lag_s * 1000:.0f}ms "
-            f"lag_spikes={dict(self.lag_spikes)} "
-            f"phases={ {k: round(v, 1) for k, v in self.phase_time.items()} } "
-            f"time={self.elapsed_s:.1f}s violations={len(self.violations)}"
-        )
-
-    def failure(self, label: str) -> str:
-        head = "\n".join(self.violations[:25])
-        return (
-            f"{self.line(label)}\nreplay with SOAK_SEED={self.seed}\n"
-            f"faults: {dict(self.by_fault)}\ndisturbances: {dict(self.disturbances)}\n"
-            f"resources: {self.resources}\n{head}"
-        )
-
-
-class LogTap:
-    """A structlog processor (used inside ``capture_logs``) that counts every log line, keeps
-    the alarming ones, and drops the rest so a long soak does not hoard memory."""
-
-    ALARMS = ("qqconn.internal_error", "qqconn.callback_failed")
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.by_app: dict[str, Counter[str]] = {}
-        self.alarms: list[dict[str, Any]] = []
-        self.longest_bad_frame_error = 0
-
-    def __call__(self, _logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
-        name = str(event_dict.get("event"))
-        self.counts[name] += 1
-        app = event_dict.get("app_id")
-        if isinstance(app, str):
-            self.by_app.setdefault(app, Counter())[name] += 1
-        if name == "qqconn.bad_frame":
-            self.longest_bad_frame_error = max(
-                self.longest_bad_frame_error, len(str(event_dict.get("error", "")))
-            )
-        if (name in self.ALARMS or method in ("exception", "critical")) and len(self.alarms) < 50:
-            self.alarms.append({k: str(v)[:300] for k, v in event_dict.items()})
-        raise structlog.DropEvent
-
-    def count(self, app: str, name: str) -> int:
-        return self.by_app.get(app, Counter())[name]
-
-
-class _ErrorRecords(logging.Handler):
-    """Collects ERROR records of the ``websockets`` logger (a handler crashing in the fake)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if len(self.records) < 20:
-            self.records.append(f"{record.name}: {record.getMessage()} {record.exc_text or ''}")
 
 
 class StateFileWatcher(threading.Thread):
