@@ -18,6 +18,7 @@ from qqconn.protocol import Dispatch
 
 __all__ = [
     "ConnectFailed",
+    "ConnectProgressed",
     "DispatchHandled",
     "DispatchReceived",
     "Event",
@@ -74,6 +75,19 @@ class ConnectFailed:
     detail: str
     #: The credentials were refused (the token endpoint said so): judged like close 4004.
     refused: bool = False
+    #: The URL the failing stage asked (token URL, gateway URL, WebSocket URL); no secret.
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectProgressed:
+    """The attempt began a stage of connecting: ``token``, ``gateway`` or ``handshake``, asking
+    ``url``. A fact for the record: a deadline that passes names the stage it caught."""
+
+    attempt: int
+    at: float
+    stage: str
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,4 +252,5 @@ Event = (
     | FrameRejected
     | SocketClosed
     | TimerFired
+    | ConnectProgressed
 )

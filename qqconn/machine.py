@@ -426,6 +426,7 @@ class ConnectionMachine:
         self._handled_seq: int | None = self._last_seq
         self._checkpoint_at = _NEVER
         self._checkpoint_interval_s = self.policy.checkpoint_interval_s
+        self._progress_interval_s = self.policy.progress_log_interval_s
         # The counters of docs/behaviour.md.
         self.quick_drops = 0
         self.failed_attempts = 0
@@ -446,6 +447,12 @@ class ConnectionMachine:
         self.last_ack_latency_s: float | None = None
         self.send_failures = 0
         self.last_frame_at: float | None = None
+        # Where the current attempt is (ConnectProgressed, then the socket's own steps), and
+        # the URL that stage asked: a deadline that passes names them.
+        self.connect_stage: str | None = None
+        self.connect_url: str | None = None
+        # When qqconn.retrying was last logged (at most once per progress_log_interval_s).
+        self._progress_at = _NEVER
         # Bookkeeping for the next wait and the end.
         self.last_ending: Ending | None = None
         self.fatal: Fatal | None = None
@@ -483,6 +490,9 @@ class ConnectionMachine:
         self.now = event.at
         if not self._is_current(event):
             self._log.debug("qqconn.stale_event", kind=type(event).__name__, state=self.state.name)
+            return []
+        if type(event) is ev.ConnectProgressed:  # a fact for the record: no row, no command
+            self.connect_stage, self.connect_url = event.stage, event.url
             return []
         if isinstance(event, _INBOUND):
             self.last_frame_at = event.at
@@ -535,8 +545,8 @@ class ConnectionMachine:
                 return "frame_rejected", {"detail": detail}
             case ev.SocketClosed(code=code, reason=reason, sent_code=sent):
                 return "connection_ended", {"ending": classify(Closed(code, reason, sent))}
-            case ev.ConnectFailed(stage=stage, detail=detail, refused=refused):
-                ending = classify(ConnectFailure(stage, detail, refused))
+            case ev.ConnectFailed(stage=stage, detail=detail, refused=refused, url=url):
+                ending = classify(ConnectFailure(stage, detail, refused, url))
                 return "connection_ended", {"ending": ending}
             case ev.InvalidSessionReceived(resumable=resumable):
                 return "connection_ended", {"ending": classify(Op9(resumable))}
@@ -668,7 +678,9 @@ class ConnectionMachine:
 
     def observe_deadline(self, event: Any) -> None:
         timeout = self.policy.connect_timeout_s
-        self._observe(event, DeadlinePassed(timeout, before_socket=self.opened_at is None))
+        before = self.opened_at is None
+        stage, url = self.connect_stage, self.connect_url
+        self._observe(event, DeadlinePassed(timeout, before_socket=before, stage=stage, url=url))
 
     def observe_op7(self, event: Any) -> None:
         # Frames only arrive on an opened socket, so opened_at is set here.
@@ -687,6 +699,7 @@ class ConnectionMachine:
         self.awaiting_ack = False
         self.send_failures = 0
         self.acks = 0
+        self.connect_stage = self.connect_url = None
         refresh, self.refresh_token = self.refresh_token, False
         self._out.append(cmd.OpenSocket(self.attempt, refresh_token=refresh))
         self._out.append(
@@ -696,6 +709,7 @@ class ConnectionMachine:
     def note_socket_opened(self, _: Any) -> None:
         self.opened_at = self.now
         self.last_frame_at = self.now
+        self.connect_stage = "hello"
 
     def greet(self, event: Any) -> None:
         raw = event.kwargs["interval_ms"]
@@ -708,6 +722,7 @@ class ConnectionMachine:
             )
         self.heartbeat_interval_s = interval
         self._out.append(cmd.StartTimer(Timer.HEARTBEAT, interval, self.attempt))
+        self.connect_stage = "resume" if self._session_id is not None else "identify"
         if self._session_id is not None:
             self.sent_resume = True
             self._out.append(cmd.SendResume(self.attempt, self._session_id, self._last_seq))
@@ -853,6 +868,19 @@ class ConnectionMachine:
         delay = next_delay(self.last_ending, self.failed_attempts, self.policy, self._rng)
         self.next_delay_s = delay
         self._out.append(cmd.StartTimer(Timer.BACKOFF, delay, self.attempt))
+        # A run of failed attempts says how it goes: the first wait, then at most one line
+        # per progress_log_interval_s (docs/behaviour.md rule 8).
+        if self.failed_attempts and self.now - self._progress_at >= self._progress_interval_s:
+            self._progress_at = self.now
+            last = self.last_ending
+            self._log.info(
+                "qqconn.retrying",
+                failed_attempts=self.failed_attempts,
+                max_reconnect_attempts=self.policy.max_reconnect_attempts,
+                next_attempt=self.attempt + 1,
+                next_try_in_s=round(delay, 1),
+                last_reason=last.reason if last is not None else None,
+            )
 
     # -- actions: the terminal states --------------------------------------------------------
 

@@ -21,6 +21,7 @@ from qqconn.driver.attempt import Attempt, RunContext
 from qqconn.driver.host import HostLane
 from qqconn.errors import FatalError
 from qqconn.machine import ConnectionMachine
+from qqconn.metrics import NO_METRICS, ConnectionObserver
 
 __all__ = ["Feeder", "Timers"]
 
@@ -81,8 +82,11 @@ class Feeder:
         announce: Callable[[cmd.AnnounceState], None],
         checkpoint: Callable[[], None],
         finish: Callable[[], None],
+        obs: ConnectionObserver = NO_METRICS,
     ) -> None:
         self.machine = machine
+        #: The metrics hooks (:mod:`qqconn.metrics`); NO_METRICS does nothing.
+        self.obs = obs
         self.clock = clock
         self.log = log
         self.host = host
@@ -155,12 +159,14 @@ class Feeder:
                 self.host.deliver(command)
             case cmd.DropDispatch(seq=seq, last_seq=last_seq):
                 self.dropped += 1
+                self.obs.dispatch_replayed()
                 self.log.debug("qqconn.dispatch_replayed", seq=seq, last_seq=last_seq)
             case cmd.WriteCheckpoint():
                 self._checkpoint()
             case cmd.AnnounceState():
                 self._announce(command)
             case cmd.NotifyFatal(reason=reason, close_code=code, retryable=retryable):
+                self.obs.fatal(retryable)
                 self.host.notify_fatal(FatalError(reason, close_code=code, retryable=retryable))
             case cmd.Finish():
                 self._finish()
