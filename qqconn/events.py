@@ -226,11 +226,13 @@ class SocketClosed:
 
 @dataclass(frozen=True, slots=True)
 class TimerFired:
-    """A timer the machine started has elapsed."""
+    """A timer the machine started has elapsed. ``late_s``: how long after its due time the
+    loop ran it (a fact the driver measures in loop time; a stalled loop makes it large)."""
 
     timer: Timer
     attempt: int
     at: float
+    late_s: float = 0.0
 
 
 Event = (

@@ -33,7 +33,7 @@ class Timers:
     socket is closing, so none of them can fire into a newer socket.
     """
 
-    def __init__(self, fired: Callable[[ev.Timer, int], None]) -> None:
+    def __init__(self, fired: Callable[[ev.Timer, int, float], None]) -> None:
         self._fired = fired
         self._handles: dict[ev.Timer, tuple[int, asyncio.TimerHandle]] = {}
 
@@ -64,9 +64,12 @@ class Timers:
 
     def _fire(self, timer: ev.Timer, attempt: int) -> None:
         current = self._handles.get(timer)
+        late = 0.0
         if current is not None and current[0] == attempt:
             del self._handles[timer]
-        self._fired(timer, attempt)
+            # How late the loop ran this timer: a fact in loop time (rule 21), judged by the machine.
+            late = max(0.0, asyncio.get_running_loop().time() - current[1].when())
+        self._fired(timer, attempt, late)
 
 
 class Feeder:
@@ -171,8 +174,8 @@ class Feeder:
             case cmd.Finish():
                 self._finish()
 
-    def _timer_fired(self, timer: ev.Timer, attempt: int) -> None:
+    def _timer_fired(self, timer: ev.Timer, attempt: int, late_s: float = 0.0) -> None:
         try:
-            self.feed(ev.TimerFired(timer, attempt, self.clock()))
+            self.feed(ev.TimerFired(timer, attempt, self.clock(), late_s))
         except Exception:  # a bug here ends this connection, never the host
             self.internal_error(attempt)
