@@ -92,7 +92,10 @@ async def test_seeds_loop_ends_in_fatal_after_third_quick_drop(code: int | None)
     async with running(configure=configure) as r:
         error = await r.outcome()
         assert isinstance(error, FatalError) and error.retryable
-        await asyncio.sleep(0.3)
+        # Nothing can open a 4th socket: run() has returned, no timer of the machine is left
+        # (a BACKOFF would be one) and no attempt of the driver is alive.
+        assert r.task.done() and r.mgr._feeder.timers.pending() == {}
+        assert r.mgr._feeder.attempts == {} and r.mgr.machine.is_terminal
         assert len(r.gw.connections) == 3
         assert len(r.host.fatals) == 1
         assert r.mgr.state is State.FATAL
@@ -162,9 +165,13 @@ async def test_fatal_close_codes_stop_everything(code: int) -> None:
         await r.gw.close(code)
         error = await r.outcome()
         assert isinstance(error, FatalError) and not error.retryable and error.close_code == code
-        requests = len(r.gw.http_requests)
-        await asyncio.sleep(0.5)
-        assert len(r.gw.connections) == 1 and len(r.gw.http_requests) == requests
+        # Nothing can make another request: run() has returned with no timer or attempt left.
+        assert r.task.done() and r.mgr._feeder.timers.pending() == {}
+        assert r.mgr._feeder.attempts == {} and r.mgr.machine.is_terminal
+        assert len(r.gw.connections) == 1
+        closed_at = r.gw.connections[0].closed_at
+        assert closed_at is not None
+        assert all(h.at < closed_at for h in r.gw.http_requests)  # none after the close
         assert len(r.host.fatals) == 1
 
 
