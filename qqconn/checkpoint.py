@@ -30,6 +30,9 @@ One JSON object, rewritten atomically by the driver (docs/behaviour.md rule 13).
     the current attempt number.
 ``heartbeat_interval_s``, ``last_ack_latency_s``
     the current socket's heartbeat interval, and the last ACK's latency.
+``skipped``
+    what rule 19 (a poison frame) gave up: ``{"seqs": [...], "sessions": n}``, the last
+    ``s`` values skipped (never delivered) and how many sessions were given up.
 ``fatal``
     None, or ``{"reason", "close_code", "retryable"}`` once the machine gave up.
 ``last_ending``
@@ -79,6 +82,7 @@ SCHEMA_KEYS: frozenset[str] = frozenset(
         "attempt",
         "heartbeat_interval_s",
         "last_ack_latency_s",
+        "skipped",
         "fatal",
         "last_ending",
         "app_id",

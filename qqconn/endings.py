@@ -24,6 +24,9 @@ The observations:
 :class:`Op7`           the server asked for a reconnect: before READY/RESUMED, on a young
                        connection, or on a live one
 :class:`Op9`           invalid session, resumable or not
+:class:`PoisonFrame`   an oversized frame came back at the same point of the stream after a
+                       Resume (rule 19): the next ``s`` is skipped, or (after a skip) the
+                       session is given up
 =====================  ===================================================================
 
 Nothing here touches a clock, a socket or the global random generator.
@@ -54,6 +57,7 @@ __all__ = [
     "Observation",
     "Op7",
     "Op9",
+    "PoisonFrame",
     "SendFailures",
     "Session",
     "Stale",
@@ -149,6 +153,10 @@ class EndingKind(enum.Enum):
     INVALID_SESSION = "invalid_session"
     #: op 9 answering an Identify (before READY): the gateway refused to start a session
     IDENTIFY_REFUSED = "identify_refused"
+    #: an oversized frame came back at the same point after a Resume: its s was skipped (rule 19)
+    POISON_FRAME_SKIPPED = "poison_frame_skipped"
+    #: an oversized frame came back even after a skip: the session was given up (rule 19)
+    POISON_FRAME_SESSION_LOST = "poison_frame_session_lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +169,7 @@ class Ending:
     ``fatal``: go to FATAL at once (not retryable).
     ``auth_failure``: the credentials were refused (4004, token endpoint): refresh once.
     ``before_socket``: the failure happened before the socket opened.
+    ``skipped_seq``: the ``s`` qqconn gave up on (rule 19's poison frame), never delivered.
     """
 
     kind: EndingKind
@@ -173,6 +182,7 @@ class Ending:
     fatal: bool = False
     auth_failure: bool = False
     before_socket: bool = False
+    skipped_seq: int | None = None
 
 
 # -- observations -------------------------------------------------------------------------------
@@ -196,6 +206,8 @@ class ConnectFailure:
     stage: str
     detail: str
     refused: bool = False
+    #: The URL that stage asked (None: not reported).
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,10 +231,26 @@ class SendFailures:
 
 @dataclass(frozen=True, slots=True)
 class DeadlinePassed:
-    """No READY/RESUMED within ``timeout_s``; ``before_socket``: no socket had opened."""
+    """No READY/RESUMED within ``timeout_s``; ``before_socket``: no socket had opened.
+    ``stage``: where the attempt was (``token``, ``gateway``, ``handshake``: the driver's
+    report; ``hello``: socket open, no Hello; ``identify``/``resume``: sent, no answer),
+    ``url`` the URL that stage asked, if any."""
 
     timeout_s: float
     before_socket: bool
+    stage: str | None = None
+    url: str | None = None
+
+
+#: How a deadline that caught an attempt in a stage says so (``{url}`` filled in).
+_STAGE_HANGS = {
+    "token": "the token request to {url} got no answer",
+    "gateway": "the gateway URL request to {url} got no answer",
+    "handshake": "the WebSocket handshake with {url} did not complete",
+    "hello": "the socket opened but no Hello came",
+    "identify": "Identify was sent, no READY came",
+    "resume": "Resume was sent, no RESUMED came",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +271,28 @@ class Op9:
     after_identify: bool = False
 
 
-Observation = Closed | ConnectFailure | Zombie | Stale | SendFailures | DeadlinePassed | Op7 | Op9
+@dataclass(frozen=True, slots=True)
+class PoisonFrame:
+    """An oversized frame ended the connection again at the same point of the stream (the last
+    ``s`` received unchanged since the previous oversized ending, rule 19). ``seq``: the ``s``
+    it must be (the one after the last received); ``skipped_before``: that ``s`` was already
+    skipped and the frame still comes back."""
+
+    seq: int
+    skipped_before: bool
+
+
+Observation = (
+    Closed
+    | ConnectFailure
+    | Zombie
+    | Stale
+    | SendFailures
+    | DeadlinePassed
+    | Op7
+    | Op9
+    | PoisonFrame
+)
 
 # -- the close-code table -----------------------------------------------------------------------
 
@@ -334,10 +383,30 @@ def classify(observation: Observation) -> Ending:
             )
         case Closed(code=code, reason=reason):
             return classify_close(code, reason)
-        case ConnectFailure(stage=stage, detail=detail, refused=refused):
+        case PoisonFrame(seq=seq, skipped_before=False):
+            # Not the network: the same frame, every time. Skip that one event (Resume from
+            # it), never a quick drop; the host is told which s it lost.
+            return Ending(
+                EndingKind.POISON_FRAME_SKIPPED,
+                f"frame too large again after s={seq - 1}: s={seq} skipped",
+                TOO_LARGE_CLOSE_CODE,
+                counts_as_quick=False,
+                skipped_seq=seq,
+            )
+        case PoisonFrame(seq=seq):
+            # Skipping one s did not get past it: give up the session, never more.
+            return Ending(
+                EndingKind.POISON_FRAME_SESSION_LOST,
+                f"frame too large again after skipping s={seq}: session given up",
+                TOO_LARGE_CLOSE_CODE,
+                session=Session.FORGET,
+                counts_as_quick=False,
+            )
+        case ConnectFailure(stage=stage, detail=detail, refused=refused, url=url):
+            where = f" ({url})" if url else ""
             return Ending(
                 EndingKind.CREDENTIALS_REFUSED if refused else EndingKind.CONNECT_FAILED,
-                f"{stage} failed: {detail}",
+                f"{stage} failed{where}: {detail}",
                 before_socket=True,
                 auth_failure=refused,
             )
@@ -351,10 +420,12 @@ def classify(observation: Observation) -> Ending:
             )
         case SendFailures(failures=n):
             return Ending(EndingKind.SEND_FAILED, f"{n} heartbeat sends failed in a row")
-        case DeadlinePassed(timeout_s=timeout, before_socket=before):
+        case DeadlinePassed(timeout_s=timeout, before_socket=before, stage=stage, url=url):
+            hang = _STAGE_HANGS.get(stage or "")
+            where = f": {hang.format(url=url or 'its URL')}" if hang else ""
             return Ending(
                 EndingKind.DEADLINE,
-                f"no READY/RESUMED within {timeout:g} s",
+                f"no READY/RESUMED within {timeout:g} s{where}",
                 before_socket=before,
             )
         case Op7(reached_session=False):

@@ -48,7 +48,8 @@ class RemoteProtocolError(QQConnError):
 
 
 class CredentialsRefused(RemoteProtocolError):
-    """The token endpoint refused the app id or the client secret."""
+    """The credentials were refused: the token endpoint refused the app id or the client
+    secret, or ``/gateway/bot`` refused the access token (HTTP 401/403, QQ's token error)."""
 
 
 class FatalError(QQConnError):

@@ -268,6 +268,11 @@ def _parse_dispatch(msg: dict[str, Any], frame: str) -> Inbound:
 #: transient.
 CREDENTIAL_ERROR_CODES = frozenset({100007})
 
+#: OpenAPI error codes that mean "this access token is not (or no longer) accepted": 11244
+#: "token not exist or expire" (docs/protocol.md §3.1). On ``/gateway/bot`` they refuse the
+#: credentials like HTTP 401/403 do (docs/behaviour.md rule 20).
+TOKEN_ERROR_CODES = frozenset({11244})
+
 #: An ``expires_in`` above this (ten days; real tokens live 7200 s) is not believed.
 MAX_TOKEN_LIFETIME_S = 10 * 86400
 
@@ -359,9 +364,24 @@ def parse_gateway_bot(status: int, body: bytes) -> GatewayBot:
     return GatewayBot(url, shards, limit)
 
 
+def _error_code(body: bytes) -> object:
+    """The ``code`` of a JSON error body, or None."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    code = doc.get("code") if isinstance(doc, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
 def parse_gateway_response(status: int, body: bytes) -> str:
-    """Parse ``GET /gateway`` or ``/gateway/bot`` into the WebSocket URL only (see
-    :func:`parse_gateway_bot` for the shard count and the session start limit)."""
+    """Parse ``GET /gateway`` or ``/gateway/bot`` into the WebSocket URL.
+
+    HTTP 401/403, or an error body whose ``code`` says the token is not accepted
+    (:data:`TOKEN_ERROR_CODES`), raise :class:`CredentialsRefused`: the token is refreshed
+    once before the attempt counts (docs/behaviour.md rule 20)."""
+    if status in (401, 403) or _error_code(body) in TOKEN_ERROR_CODES:
+        raise CredentialsRefused(f"gateway endpoint answered HTTP {status}: {shorten(body, 80)}")
     if status != 200:
         raise RemoteProtocolError(f"gateway endpoint answered HTTP {status}: {shorten(body, 80)}")
     try:

@@ -38,3 +38,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=50.0,
         help="total seconds for tests/test_soak.py (one manager, then fifty); default: the short in-suite run",
     )
+    parser.addoption(
+        "--soak-fifty-seconds",
+        type=float,
+        default=None,
+        help="seconds for the fifty-manager soak alone (default: its share of --soak-seconds)",
+    )
+    parser.addoption(
+        "--crash-kills",
+        type=int,
+        default=8,
+        help="SIGKILLs of tests/test_crash_soak.py's random-seed run (make soak asks for 60)",
+    )

@@ -7,21 +7,26 @@ Each test pins one rule or scenario of docs/behaviour.md with a scaled-down poli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import stat
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from qqconn import FatalError, State
+from qqconn.endings import EndingKind
 from qqconn.protocol import OpCode
 from qqconn.testing import MISSING, FakeGateway
+from qqconn.testing.proxy import FaultProxy
 
 # tests/soak.py and tests/test_soak.py import manager_for from here.
-from tests.driver_support import FAST, HB_MS, INTENTS, identify_frames, manager_for, running
+from tests.driver_support import FAST, HB_MS, INTENTS, Run, identify_frames, manager_for, running
 
 # -- cold start, seq, heartbeats ------------------------------------------------------------------
 
@@ -92,7 +97,10 @@ async def test_seeds_loop_ends_in_fatal_after_third_quick_drop(code: int | None)
     async with running(configure=configure) as r:
         error = await r.outcome()
         assert isinstance(error, FatalError) and error.retryable
-        await asyncio.sleep(0.3)
+        # Nothing can open a 4th socket: run() has returned, no timer of the machine is left
+        # (a BACKOFF would be one) and no attempt of the driver is alive.
+        assert r.task.done() and r.mgr._feeder.timers.pending() == {}
+        assert r.mgr._feeder.attempts == {} and r.mgr.machine.is_terminal
         assert len(r.gw.connections) == 3
         assert len(r.host.fatals) == 1
         assert r.mgr.state is State.FATAL
@@ -162,9 +170,13 @@ async def test_fatal_close_codes_stop_everything(code: int) -> None:
         await r.gw.close(code)
         error = await r.outcome()
         assert isinstance(error, FatalError) and not error.retryable and error.close_code == code
-        requests = len(r.gw.http_requests)
-        await asyncio.sleep(0.5)
-        assert len(r.gw.connections) == 1 and len(r.gw.http_requests) == requests
+        # Nothing can make another request: run() has returned with no timer or attempt left.
+        assert r.task.done() and r.mgr._feeder.timers.pending() == {}
+        assert r.mgr._feeder.attempts == {} and r.mgr.machine.is_terminal
+        assert len(r.gw.connections) == 1
+        closed_at = r.gw.connections[0].closed_at
+        assert closed_at is not None
+        assert all(h.at < closed_at for h in r.gw.http_requests)  # none after the close
         assert len(r.host.fatals) == 1
 
 
@@ -342,3 +354,140 @@ async def test_refused_credentials_end_in_fatal_not_retryable_after_one_retry() 
                 await mgr.run()
         assert not info.value.retryable and "100007" in info.value.reason
         assert len([h for h in gw.http_requests if "AccessToken" in h.path]) == 2
+
+
+async def test_401_from_gateway_bot_refetches_the_token_at_once() -> None:
+    """A token revoked behind qqconn's back: /gateway/bot answers 401, and the very next attempt
+    fetches a fresh token (docs/behaviour.md rule 20) instead of reusing the cached one."""
+    async with running() as r:
+        await r.until_state(State.ALIVE)
+        before = len(r.gw.http_requests)
+        assert [h.path for h in r.gw.http_requests].count("/gateway/bot") == 1
+        r.gw.revoke_tokens()
+        await r.gw.drop()
+        await r.until(lambda: r.gw.resumes == 1 and r.mgr.state is State.ALIVE, timeout=5)
+        after = [(h.path.rsplit("/", 1)[-1], h.status) for h in r.gw.http_requests[before:]]
+        assert after == [
+            ("bot", 401),
+            ("getAppAccessToken", 200),
+            ("bot", 200),
+        ], after
+        refused, fetched = r.gw.http_requests[before], r.gw.http_requests[before + 1]
+        # One backoff step (FAST: 0.05 s at most 0.2 s), not the token's remaining lifetime.
+        assert fetched.at - refused.at < 2.0
+        assert r.mgr.machine.auth_failures == 0 and r.host.fatals == []
+
+
+# -- network faults below the protocol, through the loopback fault proxy (issue 14) -----------
+
+
+@contextlib.asynccontextmanager
+async def proxied(
+    *, hb_ms: int = HB_MS, policy: Any = FAST
+) -> AsyncIterator[tuple[Run, FaultProxy]]:
+    """The driver against the fake with a FaultProxy on the WebSocket path (REST stays direct)."""
+    async with (
+        running(policy=policy, hb_ms=hb_ms) as r,
+        FaultProxy("127.0.0.1", r.gw.ws_port) as proxy,
+    ):
+        r.gw.advertised_ws_url = proxy.url("ws", "/websocket")
+        # The first attempt began before the proxy was advertised: start over through it.
+        await r.until_state(State.ALIVE)
+        await r.gw.send_reconnect()
+        await r.until(lambda: len(proxy.live()) == 1 and r.mgr.state is State.ALIVE)
+        yield r, proxy
+
+
+def _lost_and_duplicated(r: Run) -> tuple[set[int], int]:
+    seqs = [s for s in r.host.seqs() if s is not None]
+    accepted = set(r.gw.accepted())
+    return accepted - set(seqs) - {1}, len(seqs) - len(set(seqs))
+
+
+async def _pump(r: Run, n: int, pause_s: float = 0.02) -> None:
+    for i in range(n):
+        await r.gw.dispatch("C2C_MESSAGE_CREATE", {"n": i})
+        await asyncio.sleep(pause_s)
+
+
+async def test_proxy_stall_is_caught_as_a_zombie_then_resumed() -> None:
+    """A stalled TCP path (bytes accepted, none forwarded) ends as a zombie (rule 5), then the
+    Resume on a fresh path replays what the stall swallowed: 0 lost, 0 duplicated."""
+    async with proxied() as (r, proxy):
+        await _pump(r, 3)
+        stalled = proxy.live()[0]
+        stalled.set(stall=True)
+        await _pump(r, 5)
+        await r.until(lambda: len(proxy.connections) >= 3 and r.mgr.state is State.ALIVE, 10)
+        await _pump(r, 3)
+        await r.until(lambda: not _lost_and_duplicated(r)[0], timeout=5)
+        assert stalled.stalled_bytes > 0  # the stall swallowed the path's bytes
+        assert r.mgr.machine.last_ending is not None
+        assert r.mgr.machine.last_ending.kind in (EndingKind.ZOMBIE, EndingKind.STALE)
+        assert _lost_and_duplicated(r) == (set(), 0)
+        assert r.gw.identifies == 1 and r.host.fatals == []
+
+
+async def test_proxy_reset_mid_frame_is_a_drop_then_resumed() -> None:
+    """A reset in the middle of a frame (RST, no close frame) is a drop: Resume, 0 lost, 0 dup."""
+    async with proxied() as (r, proxy):
+        await _pump(r, 3)
+        cut = proxy.live()[0]
+        cut.set(reset_after_bytes=7)  # 7 bytes of the next frame, then RST
+        await r.gw.dispatch("C2C_MESSAGE_CREATE", {"text": "y" * 400})
+        await r.until(lambda: cut.ended == "reset", timeout=5)
+        await r.until(lambda: len(proxy.live()) == 1 and r.mgr.state is State.ALIVE, timeout=5)
+        await _pump(r, 3)
+        await r.until(lambda: not _lost_and_duplicated(r)[0], timeout=5)
+        assert cut.down_bytes > 0  # the client had part of the stream before the cut
+        ending = r.mgr.machine.last_ending
+        assert ending is not None and ending.kind is EndingKind.DROPPED, ending
+        assert _lost_and_duplicated(r) == (set(), 0)
+        assert r.gw.identifies == 1 and r.host.fatals == []
+
+
+async def test_proxy_latency_below_the_ack_deadline_is_no_zombie() -> None:
+    """0.1 s each way (RTT 0.2 s) under a 0.5 s ACK deadline: no false zombie, one socket,
+    the ACK latency shows the delay, events arrive once."""
+    async with proxied(hb_ms=1000) as (r, proxy):
+        proxy.set(latency_s=0.1)
+        opened = len(proxy.connections)
+        acks = r.mgr.machine.acks
+        await _pump(r, 5, pause_s=0.2)
+        await r.until(lambda: r.mgr.machine.acks >= acks + 3, timeout=10)
+        assert len(proxy.connections) == opened and r.mgr.state is State.ALIVE
+        latency = r.mgr.machine.last_ack_latency_s
+        assert latency is not None and 0.19 <= latency < 0.5, latency
+        await r.until(lambda: not _lost_and_duplicated(r)[0], timeout=5)
+        assert _lost_and_duplicated(r) == (set(), 0)
+
+
+async def test_proxy_trickle_keeps_a_connection_alive() -> None:
+    """A trickle of 4 kB/s each way: heartbeats still acknowledged in time, the connection stays
+    up (stated outcome: alive), events arrive once, in order."""
+    async with proxied(hb_ms=1000) as (r, proxy):
+        proxy.set(rate_bytes_s=4000)
+        opened = len(proxy.connections)
+        acks = r.mgr.machine.acks
+        await _pump(r, 5, pause_s=0.1)
+        await r.until(lambda: r.mgr.machine.acks >= acks + 2, timeout=10)
+        await r.until(lambda: not _lost_and_duplicated(r)[0], timeout=10)
+        assert len(proxy.connections) == opened and r.mgr.state is State.ALIVE
+        seqs = r.host.seqs()
+        assert seqs == sorted(seqs) and _lost_and_duplicated(r) == (set(), 0)
+
+
+async def test_proxy_half_close_is_a_drop_then_resumed() -> None:
+    """The server → client direction ends (EOF) while the other stays open: a drop, then
+    Resume; 0 lost, 0 duplicated."""
+    async with proxied() as (r, proxy):
+        await _pump(r, 3)
+        half = proxy.live()[0]
+        half.set(half_close=True)
+        await r.gw.dispatch("C2C_MESSAGE_CREATE", {"n": "after"})
+        await r.until(lambda: half.ended is not None, timeout=5)
+        await r.until(lambda: len(proxy.connections) >= 3 and r.mgr.state is State.ALIVE, 10)
+        await _pump(r, 2)
+        await r.until(lambda: not _lost_and_duplicated(r)[0], timeout=5)
+        assert _lost_and_duplicated(r) == (set(), 0)
+        assert r.gw.identifies == 1 and r.host.fatals == []

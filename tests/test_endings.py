@@ -23,6 +23,7 @@ from qqconn.endings import (
     Observation,
     Op7,
     Op9,
+    PoisonFrame,
     SendFailures,
     Session,
     Stale,
@@ -100,6 +101,12 @@ CASES: list[tuple[Observation, EndingKind, Session, Delay, bool, bool, bool, boo
     (Op9(resumable=True, after_identify=True), EndingKind.IDENTIFY_REFUSED, Session.FORGET,
      Delay.BACKOFF, False, False, False, False, None, False,
      "op 9: the gateway refused the Identify"),
+    (PoisonFrame(8, skipped_before=False), EndingKind.POISON_FRAME_SKIPPED, Session.KEEP,
+     Delay.BACKOFF, False, False, False, False, 1009, False,
+     "frame too large again after s=7: s=8 skipped"),
+    (PoisonFrame(8, skipped_before=True), EndingKind.POISON_FRAME_SESSION_LOST, Session.FORGET,
+     Delay.BACKOFF, False, False, False, False, 1009, False,
+     "frame too large again after skipping s=8: session given up"),
 ]  # fmt: skip
 
 
@@ -120,6 +127,7 @@ def test_every_observation_classifies_to_its_ending(case: tuple[Any, ...]) -> No
         fatal=fatal,
         auth_failure=auth,
         before_socket=before,
+        skipped_seq=obs.seq if kind is EndingKind.POISON_FRAME_SKIPPED else None,
     )
 
 
@@ -399,3 +407,9 @@ def test_next_delay_boundaries_follow_the_policy(
     """Degenerate ranges and zero steps give exactly the policy's number."""
     ending = Ending(EndingKind.CLOSED, "x", delay=delay)
     assert next_delay(ending, 5, policy, random.Random(1)) == expected
+
+
+def test_a_poison_frame_names_the_seq_it_skips() -> None:
+    """A skipped poison frame's Ending carries the s given up; giving up the session names none."""
+    assert classify(PoisonFrame(8, skipped_before=False)).skipped_seq == 8
+    assert classify(PoisonFrame(8, skipped_before=True)).skipped_seq is None

@@ -421,6 +421,7 @@ async def test_resume_replays_exactly_the_missed_events_then_resumed(
         await gw.dispatch("GROUP_AT_MESSAGE_CREATE", {"n": 2})
         await gw.dispatch("GROUP_AT_MESSAGE_CREATE", {"n": 3})
         assert [(await recv(ws))["s"] for _ in range(2)] == [2, 3]
+        await ws.close(4000)  # a client that means to resume never closes 1000/1001
     await gw.wait_for(lambda: not gw.live_connections, 2.0)
     assert gw.connections[0].closed_by == "client"
     # Detached: buffered only.
@@ -448,7 +449,7 @@ async def test_resume_with_nothing_missed_sends_only_resumed(
 ) -> None:
     """Resume with the latest seq replays nothing and sends RESUMED straight away."""
     gw, ws, ready, token = ready_ws
-    await ws.close()
+    await ws.close(4000)  # a client that means to resume never closes 1000/1001
     async with open_ws(gw) as ws2:
         await recv(ws2)
         sid = ready["d"]["session_id"]
@@ -906,3 +907,96 @@ async def test_ports_are_loopback_ephemeral(fake_gateway: FakeGateway) -> None:
     assert http_port != ws_port(fake_gateway) and http_port > 0
     assert fake_gateway.token_url == f"{fake_gateway.api_base}/app/getAppAccessToken"
     assert fake_gateway.api_base.startswith("http://127.0.0.1:")
+
+
+# -- stricter than kind: what the real gateway does (issue 14) -------------------------------
+
+
+async def test_client_close_1000_drops_the_session_by_default(
+    ready_ws: tuple[FakeGateway, ClientConnection, Frame, str],
+) -> None:
+    """A client's own close 1000 ends its session: a Resume of it is refused with 4006."""
+    gw, ws, ready, token = ready_ws
+    sid = ready["d"]["session_id"]
+    await ws.close(1000)
+    await gw.wait_for(lambda: not gw.live_connections, 2.0)
+    assert sid not in gw.session_ids
+    async with open_ws(gw) as ws2:
+        await recv(ws2)
+        await send(ws2, {"op": 6, "d": {"token": f"QQBot {token}", "session_id": sid, "seq": 1}})
+        assert (await closed_with(ws2))[0] == 4006
+
+
+@pytest.mark.parametrize(("code", "keep"), [(1001, False), (4000, True), (1000, True)])
+async def test_which_client_closes_keep_the_session(
+    fake_gateway: FakeGateway, code: int, keep: bool
+) -> None:
+    """1001 drops the session too, 4000 keeps it; drop_session_on_client_close=False keeps it
+    after 1000 as well (a kinder gateway, for tests that state the assumption)."""
+    gw = fake_gateway
+    if code == 1000:
+        gw.faults.drop_session_on_client_close = False
+    token = await fetch_token(gw)
+    async with open_ws(gw) as ws:
+        ready = await identify(ws, token)
+        await ws.close(code)
+    await gw.wait_for(lambda: not gw.live_connections, 2.0)
+    assert (ready["d"]["session_id"] in gw.session_ids) is keep
+
+
+async def test_a_socket_that_stops_heartbeating_is_closed_4009_after_one_and_a_half_intervals(
+    fake_gateway: FakeGateway,
+) -> None:
+    """By default the gateway closes 4009 a socket with no heartbeat for 1.5 Hello intervals
+    (counted from Hello), and not before one interval has passed."""
+    gw = fake_gateway
+    interval_s = gw.heartbeat_interval_ms / 1000
+    token = await fetch_token(gw)
+    async with open_ws(gw) as ws:
+        await identify(ws, token)
+        hello_at = gw.connections[0].frames[0].at
+        code, reason = await closed_with(ws, timeout=interval_s * 3 + 2)
+        closed_at = time.monotonic()
+    assert (code, reason) == (4009, "Session timed out")
+    assert interval_s * 1.0 <= closed_at - hello_at <= interval_s * 1.5 + 1.0
+
+
+async def test_heartbeats_keep_a_socket_past_the_server_timeout(fake_gateway: FakeGateway) -> None:
+    """A socket that heartbeats every interval outlives several server timeouts."""
+    gw = fake_gateway
+    interval_s = gw.heartbeat_interval_ms / 1000
+    token = await fetch_token(gw)
+    async with open_ws(gw) as ws:
+        await identify(ws, token)
+        for _ in range(4):
+            await asyncio.sleep(interval_s)
+            await send(ws, {"op": 1, "d": 1})
+            assert (await recv(ws))["op"] == 11
+        assert gw.connections[0].is_open
+        await ws.close(4000)
+
+
+async def test_a_socket_opened_while_silent_gets_hello_once_the_fault_is_lifted(
+    fake_gateway: FakeGateway,
+) -> None:
+    """A socket opened during a global silence hears nothing, then its Hello once it is lifted."""
+    gw = fake_gateway
+    gw.faults.silent = True
+    async with open_ws(gw) as ws:
+        await no_frame(ws, 0.2)
+        gw.faults.silent = False
+        hello = await recv(ws)
+        assert hello["op"] == 10
+        await ws.close(4000)
+
+
+async def test_hello_after_silence_can_be_turned_off(fake_gateway: FakeGateway) -> None:
+    """hello_after_silence=False: the socket opened during the silence never gets its Hello."""
+    gw = fake_gateway
+    gw.faults.hello_after_silence = False
+    gw.faults.silent = True
+    async with open_ws(gw) as ws:
+        await no_frame(ws, 0.1)
+        gw.faults.silent = False
+        await no_frame(ws, 0.3)
+        await ws.close(4000)

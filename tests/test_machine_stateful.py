@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, Phase, event, settings
@@ -126,6 +126,12 @@ class Reference:
     last_frame: float | None = None
     send_failures: int = 0
     fatal_retryable: bool | None = None
+    #: rule 19: where the last oversized ending happened, where the last skip left the
+    #: stream, an s to fold into the checkpoint once the one before it is handled
+    oversized_at: tuple[str, int | None] | None = None
+    skipped_at: tuple[str, int] | None = None
+    skip_pending: int = -1
+    skipped: list[int] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -161,13 +167,42 @@ class Reference:
         self._close(x)
         self.state = "stopped"
 
-    def end(self, now: float, how: str, x: Expect) -> None:
+    def oversized(self, now: float, x: Expect) -> None:
+        """Rule 19: a frame above max_frame_bytes ended the connection (qqconn sent 1009).
+        Again at the same point (same session, same last s) after a Resume: skip the next s,
+        and once that was skipped, give the session up; neither is a quick drop."""
+        session = self.session
+        point = (session, self.last_seq)
+        if session is None or point != self.oversized_at:
+            self.end(now, "resume", x)
+            if session is not None and self.session is not None:
+                self.oversized_at = (session, self.last_seq)
+            return
+        if point == self.skipped_at:
+            event("poison frame: session given up")
+            self.end(now, "identify", x, quick=False)
+            return
+        self.end(now, "resume", x, quick=False)
+        if self.session is None:
+            return
+        seq = (self.last_seq or 0) + 1
+        event("poison frame: one s skipped")
+        self.last_seq = seq
+        self.oversized_at = self.skipped_at = (session, seq)
+        self.skipped.append(seq)
+        if self.handled == (session, seq - 1):
+            self.handled = (session, seq)
+            x.checkpoint = True
+        else:
+            self.skip_pending = seq
+
+    def end(self, now: float, how: str, x: Expect, *, quick: bool = True) -> None:
         """A connection ended: ``how`` is a reaction() value, or op7 / invalid_true."""
         if how == "fatal" or (how == "auth" and self.auth_retry_used):
             self.to_fatal(x, retryable=False)
             return
         # Rule 1: every end after the socket opened counts, except op 7 (and fatal, stop).
-        if how != "op7" and self.opened_at is not None:
+        if quick and how != "op7" and self.opened_at is not None:
             lived = round(now - self.opened_at, 6)  # the drawn lifetime, without float noise
             self.quick = self.quick + 1 if lived < self.p.quick_disconnect_threshold_s else 0
         # Rule 2: an attempt that ended before READY/RESUMED failed; 4008 always consumes one.
@@ -183,6 +218,8 @@ class Reference:
                 event("session forgotten after failed resumes")
             if self.session is not None:
                 self.handled = None  # a forgotten session is nobody's checkpoint
+                self.oversized_at = self.skipped_at = None
+                self.skip_pending = -1
             self.session = None
             self.resume_failures = 0
         self._close(x)
@@ -314,6 +351,8 @@ class ConnectionModel(RuleBasedStateMachine):
             weights |= {"socket_opened": 8, "connect_failed": 1}
         else:
             weights |= {"close": 1, "close_near_threshold": 1, "op9": 1, "op7": 1}
+            again = r.oversized_at is not None and r.oversized_at == (r.session, r.last_seq)
+            weights |= {"oversized": 6 if again else 1}
             weights |= {"frame_rejected": 1}
             if not r.hello:
                 weights["hello"] = 8
@@ -467,6 +506,8 @@ class ConnectionModel(RuleBasedStateMachine):
                 and seq is not None
                 and (r.handled[1] is None or seq > r.handled[1])
             )
+            if moved and seq is not None and seq + 1 == r.skip_pending:
+                seq += 1  # the s after it was skipped (rule 19)
             if new or moved:
                 r.handled = (sid, seq)
             if not r.terminal and (new or self.now - r.checkpoint_at >= r.p.checkpoint_interval_s):
@@ -578,6 +619,11 @@ class ConnectionModel(RuleBasedStateMachine):
         self.ref.end(self.now, reaction(code), x)
         self.feed(ev.SocketClosed(self.ref.attempt, self.now, code), x)
 
+    def _oversized(self, data: st.DataObject) -> None:
+        x = Expect()
+        self.ref.oversized(self.now, x)
+        self.feed(ev.SocketClosed(self.ref.attempt, self.now, None, "", sent_code=1009), x)
+
     def _close_near_threshold(self, data: st.DataObject) -> None:
         assert self.ref.opened_at is not None
         lived = data.draw(st.sampled_from([4.99, 4.999999, 5.0, 5.000001]), label="lived")
@@ -666,6 +712,7 @@ class ConnectionModel(RuleBasedStateMachine):
         assert m.resume_failures == r.resume_failures
         assert m.session_id == r.session
         assert m.last_seq == r.last_seq
+        assert list(m.snapshot_fields()["skipped"]["seqs"]) == r.skipped[-20:]
         assert m.checkpoint == (None if r.handled is None else Resumable(*r.handled))
         fields = m.snapshot_fields()
         assert (fields["session_id"], fields["last_seq"]) == (r.handled or (None, None))

@@ -40,6 +40,9 @@ async def test_restart_resumes_and_replays_what_the_dead_process_missed(tmp_path
     exactly once."""
     state_file = tmp_path / "state.json"
     async with FakeGateway(heartbeat_interval_ms=300) as gw:
+        # Assumed: the session outlives the 1000 qqconn's stop() closes with (the fake's
+        # realistic default drops it, as gateways of this family may).
+        gw.faults.drop_session_on_client_close = False
         first: list[Dispatch] = []
         mgr = _manager(gw, state_file, first)
         task = asyncio.create_task(mgr.run())

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qqconn.errors import RemoteProtocolError
+from qqconn import protocol as proto
+from qqconn.errors import CredentialsRefused, RemoteProtocolError
 from qqconn.protocol import (
     Dispatch,
     Heartbeat,
@@ -499,3 +500,27 @@ def test_gateway_response_fuzz(status: int, body: bytes) -> None:
     except RemoteProtocolError:
         return
     assert url.startswith(("ws://", "wss://"))
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (401, b'{"message":"token not exist or expire","code":11244}'),
+        (403, b"forbidden"),
+        (200, b'{"message":"token not exist or expire","code":11244}'),
+    ],
+)
+def test_gateway_endpoint_refusing_the_token_is_credentials_refused(
+    status: int, body: bytes
+) -> None:
+    """/gateway/bot answering 401/403 or QQ's token error body refuses the credentials."""
+    with pytest.raises(CredentialsRefused):
+        proto.parse_gateway_response(status, body)
+
+
+@pytest.mark.parametrize(("status", "body"), [(500, b"{}"), (200, b'{"code": 11253}')])
+def test_gateway_endpoint_other_failures_are_not_refusals(status: int, body: bytes) -> None:
+    """A 5xx or an unrelated error body from /gateway/bot is a plain failure, not a refusal."""
+    with pytest.raises(RemoteProtocolError) as info:
+        proto.parse_gateway_response(status, body)
+    assert not isinstance(info.value, CredentialsRefused)

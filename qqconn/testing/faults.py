@@ -70,6 +70,8 @@ PER_SOCKET: Final[frozenset[str]] = frozenset(
         "intents_close_code",
         "legacy_tokens",
         "heartbeat_timeout_s",
+        "heartbeat_timeout_intervals",
+        "drop_session_on_client_close",
         "reconnect_every_s",
         "reconnect_close_after_s",
     }
@@ -121,8 +123,21 @@ class Faults:
     #: ``max_concurrency`` Identifies already happened in the last 5 s.
     enforce_session_limit: bool = False
     #: Close 4009 "Session timed out" a socket that sent no heartbeat for this long (counted
-    #: from the socket's opening for the first one). None = off.
+    #: from the socket's opening for the first one). None = off (then
+    #: ``heartbeat_timeout_intervals`` decides).
     heartbeat_timeout_s: float | None = None
+    #: The real gateway's own watchdog (docs/protocol.md §7 item 6): close 4009 a socket that
+    #: sent no heartbeat for this many heartbeat intervals (the interval its Hello announced,
+    #: or the gateway's when that was not a usable number). About one and a half, as reported
+    #: of the real gateway. None = off. ``heartbeat_timeout_s``, when set, wins.
+    heartbeat_timeout_intervals: float | None = 1.5
+    #: A client's own close 1000 or 1001 ends its session, as on gateways of this family: a
+    #: later Resume of it is refused with 4006. False: the session stays resumable after any
+    #: close (kinder than the real gateway).
+    drop_session_on_client_close: bool = True
+    #: A socket opened while ``silent`` is on gets its Hello once ``silent`` is lifted (the
+    #: fault ends cleanly for it too). False: it never gets one.
+    hello_after_silence: bool = True
     #: Rotate every identified/resumed socket this long after its Identify/Resume: op 7, then
     #: close 4009 unless the client closed within ``reconnect_close_after_s``. None = off.
     reconnect_every_s: float | None = None

@@ -125,6 +125,9 @@ class FakeGateway:
         self.faults = Faults()
         self._rng = random.Random(seed)
         self._tick_s: float = _TICK_S
+        #: What ``/gateway[/bot]`` hands out instead of the fake's own WebSocket URL (a
+        #: :class:`~qqconn.testing.proxy.FaultProxy`'s, say). None: its own.
+        self.advertised_ws_url: str | None = None
         self._token_book = TokenBook(
             self._rng, ttl_s=token_ttl_s, refresh_window_s=token_refresh_window_s
         )
@@ -204,8 +207,20 @@ class FakeGateway:
 
     @property
     def ws_url(self) -> str:
-        """The WebSocket URL ``/gateway`` hands out."""
+        """The WebSocket URL ``/gateway`` hands out (:attr:`advertised_ws_url` if set)."""
+        if self.advertised_ws_url is not None:
+            return self.advertised_ws_url
+        return self.direct_ws_url
+
+    @property
+    def direct_ws_url(self) -> str:
+        """The fake's own WebSocket URL, whatever ``/gateway`` hands out."""
         return f"ws://{self._url_host}:{self._ws.port}{WS_PATH}"
+
+    @property
+    def ws_port(self) -> int:
+        """The port of the fake's WebSocket server (a fault proxy relays to it)."""
+        return self._ws.port
 
     @property
     def client_secret(self) -> str:

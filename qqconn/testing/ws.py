@@ -170,6 +170,7 @@ class WebSocketSide:
         finally:
             if connection.state is State.CLOSED:
                 self._finish(sock)
+            self._drop_session_after_client_close(sock)
             for task in sock.tasks:
                 task.cancel()
             await asyncio.gather(*sock.tasks, return_exceptions=True)
@@ -201,17 +202,60 @@ class WebSocketSide:
             closed_by=rec.closed_by,
         )
 
+    def _drop_session_after_client_close(self, sock: Socket) -> None:
+        """A client's own 1000/1001 ends its session (``drop_session_on_client_close``)."""
+        rec, session = sock.record, sock.session
+        if (
+            session is None
+            or rec.closed_by != "client"
+            or rec.close_code not in (1000, 1001)
+            or not self.fault(sock, "drop_session_on_client_close")
+        ):
+            return
+        if self.gw._book.sessions.get(session.session_id) is session and session.sock is sock:
+            self.gw._book.expire(session.session_id)
+            log.debug("fake_gateway.session_dropped", index=sock.index, code=rec.close_code)
+
     async def _delayed_hello(self, sock: Socket) -> None:
         await asyncio.sleep(self.fault(sock, "hello_delay_s"))
         if not sock.closing:
             self._send_hello(sock)
 
+    async def _hello_after_silence(self, sock: Socket) -> None:
+        """Hello for a socket opened while ``silent`` was on, once it is lifted."""
+        while self.fault(sock, "silent"):
+            await asyncio.sleep(self.gw._tick_s)
+        if not sock.closing and sock.is_open:
+            self._send_hello(sock)
+
+    def _heartbeat_timeout(self, sock: Socket) -> float | None:
+        """How long this socket may go without a heartbeat before the gateway closes it."""
+        explicit = self.fault(sock, "heartbeat_timeout_s")
+        if explicit is not None:
+            return float(explicit)
+        intervals = self.fault(sock, "heartbeat_timeout_intervals")
+        if intervals is None or not sock.hello_sent:
+            return None
+        announced = sock.record.hello_interval
+        ms: float = self.gw.heartbeat_interval_ms
+        if (
+            isinstance(announced, (int, float))
+            and not isinstance(announced, bool)
+            and 100 <= announced <= 600_000
+        ):
+            ms = announced
+        return float(intervals) * ms / 1000
+
     def _send_hello(self, sock: Socket) -> None:
+        if self.fault(sock, "silent") and self.fault(sock, "hello_after_silence"):
+            sock.tasks.append(asyncio.create_task(self._hello_after_silence(sock)))
+            return
         interval = self.fault(sock, "hello_interval")
         if interval is NO_OVERRIDE:
             interval = self.gw.heartbeat_interval_ms
         d = {} if interval is MISSING else {"heartbeat_interval": interval}
         sock.hello_sent = True
+        sock.last_beat_at = time.monotonic()  # the heartbeat clock starts with Hello
         sock.record.hello_sent = True
         sock.record.hello_interval = interval
         sock.enqueue_frame(compact({"op": OpCode.HELLO, "d": d}), OpCode.HELLO)
@@ -224,14 +268,18 @@ class WebSocketSide:
             after_s, code = f.close_new_sockets_after_s, f.close_new_sockets_code
             sock.tasks.append(asyncio.create_task(self._close_new_socket(sock, after_s, code)))
         while True:
+            timeout_s = self._heartbeat_timeout(sock)
             armed = (
                 self.fault(sock, "heartbeat_timeout_s") is not None
                 or self.fault(sock, "reconnect_every_s") is not None
             )
-            await asyncio.sleep(self.gw._tick_s if armed else IDLE_TICK_S)
+            tick = self.gw._tick_s if armed else IDLE_TICK_S
+            if timeout_s is not None:
+                tick = min(tick, max(self.gw._tick_s, timeout_s / 10))
+            await asyncio.sleep(tick)
             if self.fault(sock, "silent") or sock.closing:
                 continue
-            timeout_s = self.fault(sock, "heartbeat_timeout_s")
+            timeout_s = self._heartbeat_timeout(sock)
             every_s = self.fault(sock, "reconnect_every_s")
             now = time.monotonic()
             if timeout_s is not None and now - sock.last_beat_at > timeout_s:
