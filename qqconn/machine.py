@@ -117,12 +117,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from transitions import Machine
 
 from qqconn import commands as cmd
 from qqconn import events as ev
-from qqconn._log import QuietLogger
+from qqconn._log import QuietLogger, get_logger
 from qqconn.checkpoint import Resumable
 from qqconn.endings import (
     REASON_CHARS,
@@ -416,7 +415,7 @@ class ConnectionMachine:
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self._rng = rng if rng is not None else random.Random()
-        self._log = QuietLogger(logger if logger is not None else structlog.get_logger("qqconn"))
+        self._log = QuietLogger(logger) if logger is not None else get_logger("qqconn")
         restored = _check_restored(restored)
         # The session, and the last s received on it (what Resume and heartbeats carry).
         self._session_id: str | None = restored.session_id if restored else None

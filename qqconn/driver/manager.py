@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import structlog
 
 from qqconn import checkpoint
 from qqconn import commands as cmd
 from qqconn import events as ev
-from qqconn._log import QuietLogger
+from qqconn._log import get_logger
 from qqconn.checkpoint import Resumable
 from qqconn.driver.attempt import RunContext
 from qqconn.driver.feed import Feeder
@@ -87,9 +86,7 @@ class ConnectionManager:
         self.token_url = token_url
         self.state_file = Path(state_file) if state_file is not None else None
         self._clock = clock
-        self._log = QuietLogger(structlog.get_logger("qqconn")).bind(
-            app_id=app_id, shard=f"{shard[0]}/{shard[1]}"
-        )
+        self._log = get_logger("qqconn").bind(app_id=app_id, shard=f"{shard[0]}/{shard[1]}")
         self._file = None if self.state_file is None else StateFile(self.state_file, log=self._log)
         self._machine = ConnectionMachine(
             self.policy, rng=rng, logger=self._log, restored=self._resumable(resume_from)
