@@ -428,6 +428,7 @@ class ConnectionMachine:
         # The counters of docs/behaviour.md.
         self.quick_drops = 0
         self.failed_attempts = 0
+        self._counted: tuple[Ending | None, bool, bool] = (None, False, False)
         self.resume_failures = 0
         self.auth_failures = 0
         # The current attempt (one socket each).
@@ -813,13 +814,17 @@ class ConnectionMachine:
         """Apply docs/behaviour.md's counter rules to a connection that ended (not fatally)."""
         ending: Ending = event.kwargs["ending"]
         self.last_ending = ending
+        quick = failed = False
         if ending.counts_as_quick and self.opened_at is not None:
             if self._lived_less_than_threshold():
                 self.quick_drops += 1
+                quick = True
             else:
                 self.quick_drops = 0
         if not self.reached_session or ending.always_consumes_attempt:
             self.failed_attempts += 1
+            failed = True
+        self._counted = (ending, quick, failed)  # what the announcement of this ending says
         if self.sent_resume and not self.reached_session:
             self.resume_failures += 1
         if ending.auth_failure:
@@ -926,7 +931,13 @@ class ConnectionMachine:
             attempt=self.attempt,
         )
         self._checkpoint_at = self.now  # an announcement rewrites the state file
-        self._out.append(cmd.AnnounceState(self.state.value, previous, trigger, ending))
+        counted = self._counted
+        quick, failed = (
+            counted[1:] if ending is not None and counted[0] is ending else (False, False)
+        )
+        self._out.append(
+            cmd.AnnounceState(self.state.value, previous, trigger, ending, quick, failed)
+        )
 
     def ignore(self, event: Any) -> None:
         self._log.debug("qqconn.ignored", trigger=event.event.name, state=self.state.name)
