@@ -200,11 +200,18 @@ class ConnectionManager:
         After a non-retryable FATAL, or while a run is going on, ``run()`` raises
         :class:`LocalProtocolError`.
         """
+        self._begin()
+        await self._run()
+
+    def _begin(self) -> None:
+        """Claim the manager for one run (a new machine if an earlier run ended)."""
         if self._running:
             raise LocalProtocolError("run() is already running", state=self.state.name, event="run")
         if self._started:
             self._restart()
         self._started = self._running = True
+
+    async def _run(self) -> None:
         try:
             if self._machine.is_terminal:  # stop() came before run()
                 return
@@ -268,7 +275,8 @@ class ConnectionManager:
         The task's exception is always retrieved (so asyncio never logs "Task exception was
         never retrieved"); ``await`` the task, or :meth:`wait`, to see it.
         """
-        task = self._task = asyncio.get_running_loop().create_task(self.run(), name="qqconn-run")
+        self._begin()  # at once: wait_until_alive() right after sees the new run's machine
+        task = self._task = asyncio.get_running_loop().create_task(self._run(), name="qqconn-run")
         task.add_done_callback(_retrieve)
         return task
 
