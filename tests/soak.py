@@ -487,7 +487,7 @@ def _task_label(task: asyncio.Task[Any]) -> str:
 #: descriptors (the manager's pooled client socket and the fake's server socket).
 HTTP_TASK = "H11Server._serve"
 #: Tasks that live for a moment by design (one per heartbeat or other send).
-TRANSIENT_TASKS = frozenset({"ConnectionManager._send"})
+TRANSIENT_TASKS = frozenset({"Attempt._send"})
 
 
 @dataclass(frozen=True)
