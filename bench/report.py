@@ -485,6 +485,10 @@ def render(r: dict[str, Any]) -> str:
     if mach and "markdown" in mach:
         w("## Item 6 in detail (bench/machine.py)\n")
         w(mach["markdown"] + "\n")
+    hook = r.get("webhook")
+    if hook:
+        w("## Item 8: the webhook transport (bench/webhook.py)\n")
+        w((hook.get("markdown") or f"not measured: {hook.get('error')}") + "\n")
     prof = r.get("profile", {})
     if prof.get("throughput_profile"):
         w("## Profile of the qqconn client during a burst (py-spy, this run)\n")

@@ -416,6 +416,31 @@ def item_machine(cfg: Config) -> dict[str, Any]:
         return result
 
 
+def item_webhook(cfg: Config) -> dict[str, Any]:
+    """Item 8: the webhook transport (bench/webhook.py): signed events/s and the cost per event."""
+    eprint("[8] webhook transport: signed events/s through uvicorn; verification cost per event")
+    out = RESULTS / "webhook-latest.json"
+    events = "1000" if cfg is QUICK else "5000"
+    try:
+        done = subprocess.run(
+            [PY, str(BENCH / "webhook.py"), "--events", events, "--json", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "bench/webhook.py timed out (600 s)"}
+    if done.returncode != 0 or not out.exists():
+        return {
+            "error": f"bench/webhook.py failed (exit {done.returncode})",
+            "stderr": done.stderr[-2000:],
+        }
+    result = json.loads(out.read_text())
+    result["markdown"] = done.stdout.strip()
+    return result
+
+
 def item_profile(cfg: Config, stamp: str) -> dict[str, Any]:
     """py-spy on one qqconn burst, and the memory of a manager's parts."""
     eprint("[profile] py-spy on a qqconn burst; memory per part")
@@ -448,7 +473,9 @@ def main() -> None:
         "--write-docs", action="store_true", help="rewrite docs/benchmarks.md even with --quick"
     )
     ap.add_argument(
-        "--only", default="1,2,3,4,5,6,7", help="comma list of items (7 = peers' long windows)"
+        "--only",
+        default="1,2,3,4,5,6,7,8",
+        help="comma list of items (7 = peers' long windows, 8 = webhook transport)",
     )
     a = ap.parse_args()
     cfg = QUICK if a.quick else FULL
@@ -482,6 +509,8 @@ def main() -> None:
         results["many"] = item_many(cfg, botpy)
     if "6" in only:
         results["machine"] = item_machine(cfg)
+    if "8" in only:
+        results["webhook"] = item_webhook(cfg)
     if not a.no_profile and not a.quick:
         results["profile"] = item_profile(cfg, stamp)
     results["loadavg_end"] = loadavg()

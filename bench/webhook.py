@@ -11,7 +11,7 @@ Two measurements:
   verification over timestamp + body, JSON parse into a ``Dispatch``), of the Ed25519
   verification alone, and, beside them, the WebSocket path for the same event as it stands
   in the driver: :func:`qqconn.protocol.parse_frame` then
-  :meth:`ConnectionMachine.accept_dispatch` on a live machine. The difference is the price of
+  :meth:`ConnectionMachine.handle_dispatch` (the machine's dispatch row) on a live machine. The difference is the price of
   the signature.
 
 Run ``python bench/webhook.py`` (``--events N``, ``--json FILE``); :func:`measure` and
@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from qqconn.protocol import Dispatch, parse_frame  # noqa: E402
+from qqconn.testing.events import ready_received  # noqa: E402
 
 APP_ID = "102030405"
 SECRET = "BenchSecretBenchSecret12"
@@ -225,13 +226,13 @@ def _verification(n: int) -> dict[str, Any]:
             ev.Started(0.0),
             ev.SocketOpened(1, 0.1),
             ev.HelloReceived(1, 0.2, 41_250),
-            ev.ReadyReceived(1, 0.3, "session", 0),
+            ready_received(1, 0.3, "session", 0),
         ):
             machine.handle(event)
-        accept = machine.accept_dispatch
+        accept = machine.handle_dispatch
         for frame in frames:
             parsed = parse_frame(frame)
-            accept(1, 1.0, parsed.seq)  # type: ignore[union-attr]
+            accept(1, 1.0, parsed)  # type: ignore[arg-type]
 
     figures = _interleaved_us(
         {
@@ -282,7 +283,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| delivered once each | {'yes' if t['delivered_once_each'] else 'NO'} ({t['delivered']}) |",
             f"| webhook verdict per event (headers + Ed25519 + JSON), µs | {v['webhook_check_us']['median_us']} |",
             f"| of which Ed25519 verification, µs | {v['ed25519_verify_us']['median_us']} |",
-            f"| WebSocket path per event (parse_frame + accept_dispatch), µs | {v['websocket_parse_accept_us']['median_us']} |",
+            f"| WebSocket path per event (parse_frame + handle_dispatch), µs | {v['websocket_parse_accept_us']['median_us']} |",
             "",
         ]
     )

@@ -194,6 +194,8 @@ class ConnectFailure:
     stage: str
     detail: str
     refused: bool = False
+    #: The URL that stage asked (None: not reported).
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +219,26 @@ class SendFailures:
 
 @dataclass(frozen=True, slots=True)
 class DeadlinePassed:
-    """No READY/RESUMED within ``timeout_s``; ``before_socket``: no socket had opened."""
+    """No READY/RESUMED within ``timeout_s``; ``before_socket``: no socket had opened.
+    ``stage``: where the attempt was (``token``, ``gateway``, ``handshake``: the driver's
+    report; ``hello``: socket open, no Hello; ``identify``/``resume``: sent, no answer),
+    ``url`` the URL that stage asked, if any."""
 
     timeout_s: float
     before_socket: bool
+    stage: str | None = None
+    url: str | None = None
+
+
+#: How a deadline that caught an attempt in a stage says so (``{url}`` filled in).
+_STAGE_HANGS = {
+    "token": "the token request to {url} got no answer",
+    "gateway": "the gateway URL request to {url} got no answer",
+    "handshake": "the WebSocket handshake with {url} did not complete",
+    "hello": "the socket opened but no Hello came",
+    "identify": "Identify was sent, no READY came",
+    "resume": "Resume was sent, no RESUMED came",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,10 +348,11 @@ def classify(observation: Observation) -> Ending:
             )
         case Closed(code=code, reason=reason):
             return classify_close(code, reason)
-        case ConnectFailure(stage=stage, detail=detail, refused=refused):
+        case ConnectFailure(stage=stage, detail=detail, refused=refused, url=url):
+            where = f" ({url})" if url else ""
             return Ending(
                 EndingKind.CREDENTIALS_REFUSED if refused else EndingKind.CONNECT_FAILED,
-                f"{stage} failed: {detail}",
+                f"{stage} failed{where}: {detail}",
                 before_socket=True,
                 auth_failure=refused,
             )
@@ -347,10 +366,12 @@ def classify(observation: Observation) -> Ending:
             )
         case SendFailures(failures=n):
             return Ending(EndingKind.SEND_FAILED, f"{n} heartbeat sends failed in a row")
-        case DeadlinePassed(timeout_s=timeout, before_socket=before):
+        case DeadlinePassed(timeout_s=timeout, before_socket=before, stage=stage, url=url):
+            hang = _STAGE_HANGS.get(stage or "")
+            where = f": {hang.format(url=url or 'its URL')}" if hang else ""
             return Ending(
                 EndingKind.DEADLINE,
-                f"no READY/RESUMED within {timeout:g} s",
+                f"no READY/RESUMED within {timeout:g} s{where}",
                 before_socket=before,
             )
         case Op7(reached_session=False):

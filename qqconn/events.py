@@ -18,6 +18,7 @@ from qqconn.protocol import Dispatch
 
 __all__ = [
     "ConnectFailed",
+    "ConnectProgressed",
     "DispatchHandled",
     "DispatchReceived",
     "Event",
@@ -74,6 +75,19 @@ class ConnectFailed:
     detail: str
     #: The credentials were refused (the token endpoint said so): judged like close 4004.
     refused: bool = False
+    #: The URL the failing stage asked (token URL, gateway URL, WebSocket URL); no secret.
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectProgressed:
+    """The attempt began a stage of connecting: ``token``, ``gateway`` or ``handshake``, asking
+    ``url``. A fact for the record: a deadline that passes names the stage it caught."""
+
+    attempt: int
+    at: float
+    stage: str
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,11 +226,13 @@ class SocketClosed:
 
 @dataclass(frozen=True, slots=True)
 class TimerFired:
-    """A timer the machine started has elapsed."""
+    """A timer the machine started has elapsed. ``late_s``: how long after its due time the
+    loop ran it (a fact the driver measures in loop time; a stalled loop makes it large)."""
 
     timer: Timer
     attempt: int
     at: float
+    late_s: float = 0.0
 
 
 Event = (
@@ -238,4 +254,5 @@ Event = (
     | FrameRejected
     | SocketClosed
     | TimerFired
+    | ConnectProgressed
 )

@@ -10,6 +10,10 @@ observes sockets and timers, feeds the facts in as :mod:`~qqconn.events`, and ca
 or a command: a delivered dispatch carries its payload, the host reports what it finished with,
 a restored session is a constructor argument (``restored=``) and can enter no other way.
 
+One engine for every connection: :func:`build_engine` builds the ``transitions`` machine
+for the table with no model, and every :class:`ConnectionMachine` of the process is a small
+model on the one :func:`shared_engine`, never registered with it and queueing its own triggers.
+
 The states (docs/behaviour.md)::
 
     CONNECTING     token, gateway URL, WebSocket, waiting for Hello
@@ -51,7 +55,9 @@ not, and its :class:`~qqconn.endings.EndingKind`). Two kinds of row end a connec
   ``heartbeat_due [frames_stale]`` (stale, rule 6), ``ack_due [ack_overdue]``,
   ``heartbeat_failed [send_failures_exhausted]`` (rule 7), ``attempt_deadline_passed``
   (rule 2) go to QUICK_DROPPED when the ending ``[is_quick_drop]``, else BACKOFF;
-  ``reconnect_requested`` (op 7, never a quick drop) goes to BACKOFF. Such a row names its observation (``observe=``, a
+  ``reconnect_requested`` (op 7, never a quick drop) goes to BACKOFF. Before a heartbeat
+  timer may judge, ``[loop_stalled]`` asks whether it ran late (``TimerFired.late_s``, rule 21):
+  then the machine re-arms both timers shortly instead (``recheck_after_stall``), once per beat. Such a row names its observation (``observe=``, a
   ``transitions`` *prepare* callback run before the guards): ``observe_zombie``,
   ``observe_stale``, ``observe_send_failures``, ``observe_deadline``, ``observe_op7``. It
   classifies the observation into the event's ``ending``, which the guards and actions read
@@ -113,7 +119,6 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +158,7 @@ __all__ = [
     "ConnectionMachine",
     "Fatal",
     "State",
+    "build_engine",
     "build_rows",
 ]
 
@@ -264,10 +270,12 @@ TRANSITIONS: list[dict[str, Any]] = [
     _ends("attempt_deadline_passed", [S.CONNECTING, S.IDENTIFIED], S.BACKOFF, observe="observe_deadline"),
     # -- heartbeats, while a socket is up (IDENTIFIED, ALIVE): rules 4-7 ----------------------------
     _row("heartbeat_due", SOCKET_UP, None, unless=["ack_overdue", "frames_stale"], then="beat"),
+    _row("heartbeat_due", SOCKET_UP, None, when="loop_stalled", then="recheck_after_stall"),
     _ends("heartbeat_due", SOCKET_UP, S.QUICK_DROPPED, when=["ack_overdue", "is_quick_drop"], observe="observe_zombie"),
     _ends("heartbeat_due", SOCKET_UP, S.BACKOFF, when="ack_overdue", observe="observe_zombie"),
     _ends("heartbeat_due", SOCKET_UP, S.QUICK_DROPPED, when=["frames_stale", "is_quick_drop"], observe="observe_stale"),
     _ends("heartbeat_due", SOCKET_UP, S.BACKOFF, when="frames_stale", observe="observe_stale"),
+    _row("ack_due", SOCKET_UP, None, when=["loop_stalled", "ack_overdue"], then="recheck_after_stall"),
     _ends("ack_due", SOCKET_UP, S.QUICK_DROPPED, when=["ack_overdue", "is_quick_drop"], observe="observe_zombie"),
     _ends("ack_due", SOCKET_UP, S.BACKOFF, when="ack_overdue", observe="observe_zombie"),
     _row("heartbeat_acked", SOCKET_UP, None, then="note_ack"),
@@ -333,6 +341,49 @@ def build_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def build_engine(rows: list[dict[str, Any]] | None = None) -> Machine:
+    """A ``transitions`` engine for the table (:func:`build_rows` unless ``rows``), with no model.
+
+    The process runs every :class:`ConnectionMachine` on one such engine
+    (:func:`shared_engine`): the table, events, conditions and callbacks exist once, and each
+    connection is a small model holding only its own state and counters (the pattern the
+    ``transitions`` FAQ recommends for many models). Models are never registered with the
+    engine (``add_model`` would bind a trigger per event on every model and keep it in
+    ``Machine.models``, a list scanned on every add and holding a strong reference): a
+    machine fires its rows itself, ``engine.events[trigger].trigger(model)``, which is what
+    the bound triggers do. So the engine holds no reference to any connection, nothing has to
+    leave it on FATAL or STOPPED, and starting a connection costs the same at the 10,000th.
+
+    The engine is built with ``queued=False`` and is never given a queue to hold: in
+    transitions 0.9.3 a queue is machine-wide (``queued="model"`` is not supported there), so
+    one connection's queued ``assess`` could run inside another's trigger, or on another
+    thread. Each machine keeps its own queue instead (:meth:`ConnectionMachine.handle`), which
+    gives the same order a queued machine gives: the queued trigger runs after the one that
+    queued it has finished, before :meth:`~ConnectionMachine.handle` returns.
+    """
+    return Machine(
+        model=None,
+        states=STATES,
+        transitions=build_rows() if rows is None else rows,
+        initial=S.CONNECTING,
+        auto_transitions=False,
+        send_event=True,
+        queued=False,
+        after_state_change="announce",
+    )
+
+
+_SHARED: Machine | None = None
+
+
+def shared_engine() -> Machine:
+    """The process's one engine, built on first use."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = build_engine()
+    return _SHARED
+
+
 @dataclass(frozen=True, slots=True)
 class Fatal:
     """Why the machine gave up."""
@@ -365,6 +416,10 @@ _WRITE_CHECKPOINT = cmd.WriteCheckpoint()  # no fields: one instance serves ever
 #: Monotonic clocks are floats: a socket opened at 12345.678 and ended 5.00 s later may
 #: subtract to 4.9999999999. This much grace keeps "5.00 s is not quick" true.
 QUICK_GRACE_S = 5e-7
+#: A heartbeat or ACK-deadline timer this late means our own loop was stalled (rule 21).
+STALL_GRACE_S = 0.1
+#: After a stall, judge again this fraction of the heartbeat interval later (once per beat).
+STALL_RECHECK_RATIO = 0.1
 #: Details the driver reports (a send error, a rejected frame) are logged shortened to this.
 DETAIL_CHARS = 200
 #: A raw Hello interval that was replaced is logged shortened to this (it may be anything).
@@ -401,9 +456,10 @@ class ConnectionMachine:
     not told by the server.
     """
 
-    # Set by transitions.Machine on the model.
+    # Set by the engine (transitions) on the model.
     state: State
-    trigger: Callable[..., bool]
+    #: The engine this machine's rows run on: the process's shared one unless a test gave one.
+    _machine: Machine
 
     def __init__(
         self,
@@ -412,6 +468,7 @@ class ConnectionMachine:
         rng: random.Random | None = None,
         logger: Any = None,
         restored: Resumable | None = None,
+        engine: Machine | None = None,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self._rng = rng if rng is not None else random.Random()
@@ -425,6 +482,7 @@ class ConnectionMachine:
         self._handled_seq: int | None = self._last_seq
         self._checkpoint_at = _NEVER
         self._checkpoint_interval_s = self.policy.checkpoint_interval_s
+        self._progress_interval_s = self.policy.progress_log_interval_s
         # The counters of docs/behaviour.md.
         self.quick_drops = 0
         self.failed_attempts = 0
@@ -446,23 +504,22 @@ class ConnectionMachine:
         self.last_ack_latency_s: float | None = None
         self.send_failures = 0
         self.last_frame_at: float | None = None
+        self.stall_excused = False  # a stalled loop excused since the last heartbeat
+        # Where the current attempt is (ConnectProgressed, then the socket's own steps), and
+        # the URL that stage asked: a deadline that passes names them.
+        self.connect_stage: str | None = None
+        self.connect_url: str | None = None
+        # When qqconn.retrying was last logged (at most once per progress_log_interval_s).
+        self._progress_at = _NEVER
         # Bookkeeping for the next wait and the end.
         self.last_ending: Ending | None = None
         self.fatal: Fatal | None = None
         self.next_delay_s: float | None = None
         self.now = 0.0
         self._out: list[cmd.Command] = []
-        self._trigger_name = ""
-        self._machine = Machine(
-            model=self,
-            states=STATES,
-            transitions=build_rows(),
-            initial=S.CONNECTING,
-            auto_transitions=False,
-            send_event=True,
-            queued=True,
-            after_state_change="announce",
-        )
+        self._queue: list[str] = []  # triggers queued by a callback (this machine's only)
+        self.state = S.CONNECTING
+        self._machine = engine if engine is not None else shared_engine()
 
     # -- the one entry point ---------------------------------------------------------------
 
@@ -484,12 +541,21 @@ class ConnectionMachine:
         if not self._is_current(event):
             self._log.debug("qqconn.stale_event", kind=type(event).__name__, state=self.state.name)
             return []
+        if type(event) is ev.ConnectProgressed:  # a fact for the record: no row, no command
+            self.connect_stage, self.connect_url = event.stage, event.url
+            return []
         if isinstance(event, _INBOUND):
             self.last_frame_at = event.at
         trigger, kwargs = self._route(event)
         self._out = []
-        self._trigger_name = trigger
-        self.trigger(trigger, **kwargs)
+        events = self._machine.events
+        try:
+            events[trigger].trigger(self, **kwargs)
+            queue = self._queue
+            while queue:
+                events[queue.pop(0)].trigger(self)
+        finally:
+            self._queue.clear()
         out, self._out = self._out, []
         return out
 
@@ -535,15 +601,15 @@ class ConnectionMachine:
                 return "frame_rejected", {"detail": detail}
             case ev.SocketClosed(code=code, reason=reason, sent_code=sent):
                 return "connection_ended", {"ending": classify(Closed(code, reason, sent))}
-            case ev.ConnectFailed(stage=stage, detail=detail, refused=refused):
-                ending = classify(ConnectFailure(stage, detail, refused))
+            case ev.ConnectFailed(stage=stage, detail=detail, refused=refused, url=url):
+                ending = classify(ConnectFailure(stage, detail, refused, url))
                 return "connection_ended", {"ending": ending}
             case ev.InvalidSessionReceived(resumable=resumable):
                 return "connection_ended", {"ending": classify(Op9(resumable))}
-            case ev.TimerFired(timer=Timer.HEARTBEAT):
-                return "heartbeat_due", {}
-            case ev.TimerFired(timer=Timer.ACK_DEADLINE):
-                return "ack_due", {}
+            case ev.TimerFired(timer=Timer.HEARTBEAT, late_s=late):
+                return "heartbeat_due", {"late_s": late}
+            case ev.TimerFired(timer=Timer.ACK_DEADLINE, late_s=late):
+                return "ack_due", {"late_s": late}
             case ev.TimerFired(timer=Timer.BACKOFF):
                 return "backoff_elapsed", {}
             case ev.TimerFired(timer=Timer.ATTEMPT_DEADLINE):
@@ -620,6 +686,12 @@ class ConnectionMachine:
         silent = self.now - self.last_frame_at
         return silent >= self.policy.stale_after_intervals * self.heartbeat_interval_s
 
+    def loop_stalled(self, event: Any) -> bool:
+        """Did this timer run more than STALL_GRACE_S late (our own loop was stalled, so an
+        acknowledgement or frame may be waiting unread), with no stall excused yet since the
+        last heartbeat? (docs/behaviour.md rule 21)"""
+        return event.kwargs["late_s"] > STALL_GRACE_S and not self.stall_excused
+
     def send_failures_exhausted(self, _: Any) -> bool:
         """Is this the max_heartbeat_send_failures-th failed heartbeat send in a row?"""
         return self.send_failures + 1 >= self.policy.max_heartbeat_send_failures
@@ -668,7 +740,9 @@ class ConnectionMachine:
 
     def observe_deadline(self, event: Any) -> None:
         timeout = self.policy.connect_timeout_s
-        self._observe(event, DeadlinePassed(timeout, before_socket=self.opened_at is None))
+        before = self.opened_at is None
+        stage, url = self.connect_stage, self.connect_url
+        self._observe(event, DeadlinePassed(timeout, before_socket=before, stage=stage, url=url))
 
     def observe_op7(self, event: Any) -> None:
         # Frames only arrive on an opened socket, so opened_at is set here.
@@ -685,8 +759,10 @@ class ConnectionMachine:
         self.sent_resume = False
         self.heartbeat_interval_s = None
         self.awaiting_ack = False
+        self.stall_excused = False
         self.send_failures = 0
         self.acks = 0
+        self.connect_stage = self.connect_url = None
         refresh, self.refresh_token = self.refresh_token, False
         self._out.append(cmd.OpenSocket(self.attempt, refresh_token=refresh))
         self._out.append(
@@ -696,6 +772,7 @@ class ConnectionMachine:
     def note_socket_opened(self, _: Any) -> None:
         self.opened_at = self.now
         self.last_frame_at = self.now
+        self.connect_stage = "hello"
 
     def greet(self, event: Any) -> None:
         raw = event.kwargs["interval_ms"]
@@ -708,6 +785,7 @@ class ConnectionMachine:
             )
         self.heartbeat_interval_s = interval
         self._out.append(cmd.StartTimer(Timer.HEARTBEAT, interval, self.attempt))
+        self.connect_stage = "resume" if self._session_id is not None else "identify"
         if self._session_id is not None:
             self.sent_resume = True
             self._out.append(cmd.SendResume(self.attempt, self._session_id, self._last_seq))
@@ -746,10 +824,28 @@ class ConnectionMachine:
     def beat_now(self, _: Any) -> None:
         assert self.heartbeat_interval_s is not None
         self.awaiting_ack = True
+        self.stall_excused = False
         self.beat_sent_at = self.now
         self._out.append(cmd.SendHeartbeat(self.attempt, self._last_seq))
         deadline = self.heartbeat_interval_s * self.policy.heartbeat_ack_timeout_ratio
         self._out.append(cmd.StartTimer(Timer.ACK_DEADLINE, deadline, self.attempt))
+
+    def recheck_after_stall(self, event: Any) -> None:
+        # The loop was stalled: what the peer sent meanwhile may sit unread behind this timer.
+        # Judge again shortly, in loop time, once per heartbeat: a dead peer is still found.
+        # Both heartbeat timers are re-armed: the other one is as late (the same stall), and
+        # restarting it cancels its run that may already be waiting behind this one.
+        assert self.heartbeat_interval_s is not None
+        self.stall_excused = True
+        delay = self.heartbeat_interval_s * STALL_RECHECK_RATIO
+        self._out.append(cmd.StartTimer(Timer.HEARTBEAT, delay, self.attempt))
+        if self.awaiting_ack:
+            self._out.append(cmd.StartTimer(Timer.ACK_DEADLINE, delay, self.attempt))
+        self._log.warning(
+            "qqconn.loop_stalled",
+            trigger=event.event.name,
+            late_ms=round(event.kwargs["late_s"] * 1000),
+        )
 
     def note_ack(self, _: Any) -> None:
         if not self.awaiting_ack:
@@ -851,12 +947,25 @@ class ConnectionMachine:
     # -- actions: QUICK_DROPPED and BACKOFF ---------------------------------------------------
 
     def queue_assess(self, _: Any) -> None:
-        self.trigger("assess")
+        self._queue.append("assess")
 
     def wait_before_attempt(self, _: Any) -> None:
         delay = next_delay(self.last_ending, self.failed_attempts, self.policy, self._rng)
         self.next_delay_s = delay
         self._out.append(cmd.StartTimer(Timer.BACKOFF, delay, self.attempt))
+        # A run of failed attempts says how it goes: the first wait, then at most one line
+        # per progress_log_interval_s (docs/behaviour.md rule 8).
+        if self.failed_attempts and self.now - self._progress_at >= self._progress_interval_s:
+            self._progress_at = self.now
+            last = self.last_ending
+            self._log.info(
+                "qqconn.retrying",
+                failed_attempts=self.failed_attempts,
+                max_reconnect_attempts=self.policy.max_reconnect_attempts,
+                next_attempt=self.attempt + 1,
+                next_try_in_s=round(delay, 1),
+                last_reason=last.reason if last is not None else None,
+            )
 
     # -- actions: the terminal states --------------------------------------------------------
 

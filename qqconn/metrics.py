@@ -34,9 +34,10 @@ or with any of ``prometheus_client``'s own exporters.
 
 The interface a driver calls is :class:`ConnectionMetrics` (``Metrics.for_connection``); the
 do-nothing :data:`NO_METRICS` has the same methods, so a driver can hold one or the other and
-call without a branch. Until the driver calls those hooks itself, :class:`ManagerFeed` feeds them
-from what a :class:`~qqconn.ConnectionManager` already shows: its ``on_state_change`` callback
-and its ``snapshot()``.
+call without a branch. ``ConnectionManager(..., metrics=Metrics())`` calls those hooks itself,
+from the driver (every socket opened, every ACK, every dispatch). For a manager built without
+``metrics=``, :class:`ManagerFeed` feeds them from what it already shows: its
+``on_state_change`` callback and its ``snapshot()`` (coarser: see its docstring).
 
 Only :class:`Metrics` needs ``prometheus_client``; it is imported when one is built, so this
 module, :data:`NO_METRICS` and :class:`ManagerFeed` import without it.
@@ -103,8 +104,18 @@ ACK_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 #: The Content-Type of :meth:`Metrics.exposition` (Prometheus text format 0.0.4).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Machine ending-kind names (``Ending.kind``) that are spelled differently from ours.
+# Machine ending-kind names (:class:`qqconn.endings.EndingKind` values) that are spelled
+# differently from ours; tests/test_metrics.py checks that every EndingKind maps to a label
+# other than "other".
 _KIND_ALIASES = {
+    "rotation": "close",
+    "auth_failed": "close",
+    "session_rejected": "close",
+    "frame_too_large": "close",
+    "dropped": "drop",
+    "credentials_refused": "connect_failed",
+    "send_failed": "heartbeat_send_failed",
+    "invalid_session_resumable": "op9",
     "closed": "close",
     "close_frame": "close",
     "fatal_close": "close",

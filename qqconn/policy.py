@@ -132,6 +132,10 @@ class Policy:
     #: hands out a new token only in the last 60 s of the old one's life (docs/protocol.md
     #: §3.1), so a margin above 60 s only makes fetches that return the same token.
     token_refresh_margin_s: float = 50.0
+    #: While attempts keep failing, one ``qqconn.retrying`` INFO line (attempt k of n, the next
+    #: try's delay, the last reason) at the first wait, then at most once per this many
+    #: seconds (0: at every wait).
+    progress_log_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -149,6 +153,7 @@ class Policy:
         ):
             _positive(name, getattr(self, name))
         _positive("token_refresh_margin_s", self.token_refresh_margin_s, allow_zero=True)
+        _positive("progress_log_interval_s", self.progress_log_interval_s, allow_zero=True)
         for name in (
             "max_quick_disconnects",
             "max_reconnect_attempts",

@@ -107,6 +107,7 @@ class Node(NamedTuple):
     sent_resume: bool
     reached_session: bool
     awaiting_ack: bool
+    stall_excused: bool
     send_failures: int
     refresh_token: bool
     quick_drops: int
@@ -262,13 +263,14 @@ class Midpoint(random.Random):
         return (a + b) / 2
 
 
-def new_machine(policy: Policy) -> ConnectionMachine:
-    """A fresh machine with a stateless generator and a logger that drops everything."""
-    return ConnectionMachine(policy, rng=Midpoint(0), logger=Quiet())
+def new_machine(policy: Policy, engine: Any = None) -> ConnectionMachine:
+    """A fresh machine with a stateless generator and a logger that drops everything, on the
+    process's shared engine unless ``engine`` (one a :class:`Recorder` may hook)."""
+    return ConnectionMachine(policy, rng=Midpoint(0), logger=Quiet(), engine=engine)
 
 
 def _data_keys(machine: ConnectionMachine) -> tuple[str, ...]:
-    skip = {"_machine", "_log", "_rng", "policy", "_out"}
+    skip = {"_machine", "_log", "_rng", "policy", "_out", "_queue"}
     return tuple(k for k, v in vars(machine).items() if k not in skip and not callable(v))
 
 
@@ -305,6 +307,8 @@ def abstract(machine: ConnectionMachine) -> Node:
         sent_resume=m.sent_resume,
         reached_session=m.reached_session,
         awaiting_ack=m.awaiting_ack,
+        # read only by heartbeat rows; begin_attempt resets it before a socket is up again
+        stall_excused=m.stall_excused and m.state in (State.IDENTIFIED, State.ALIVE),
         send_failures=m.send_failures,
         refresh_token=m.refresh_token,
         quick_drops=m.quick_drops,
@@ -367,6 +371,8 @@ def _base_alphabet() -> list[tuple[str, Maker | None]]:
     makers.append(("SocketClosed(sent 1009)", lambda a, t: ev.SocketClosed(a, t, None, "", 1009)))
     for timer in Timer:
         makers.append((f"TimerFired({timer.name})", _timer(timer)))
+    for timer in (Timer.HEARTBEAT, Timer.ACK_DEADLINE):  # run late by a stalled loop (rule 21)
+        makers.append((f"TimerFired({timer.name})@stalled", _late_timer(timer)))
     return makers
 
 
@@ -376,6 +382,10 @@ def _closer(code: int | None) -> Maker:
 
 def _timer(timer: Timer) -> Maker:
     return lambda a, t: ev.TimerFired(timer, a, t)
+
+
+def _late_timer(timer: Timer) -> Maker:
+    return lambda a, t: ev.TimerFired(timer, a, t, late_s=1.0)
 
 
 BASE_ALPHABET = _base_alphabet()
@@ -400,7 +410,10 @@ def alphabet(machine: ConnectionMachine) -> Iterator[tuple[str, ev.Event]]:
         and m.opened_at is not None
         and m.now - m.opened_at < p.quick_disconnect_threshold_s
     )
+    socket_up = m.state in (State.IDENTIFIED, State.ALIVE)
     for label, make in BASE_ALPHABET:
+        if label.endswith("@stalled") and not socket_up:
+            continue  # only heartbeat rows read late_s, and only with a socket up
         if make is None:
             if label == "DispatchHandled":  # the host lane reports the READY it was handed
                 yield label, ev.DispatchHandled(now, SESSION_ID, 1)
@@ -541,9 +554,12 @@ def explore(
     """
     started = time.perf_counter()
     out = Exploration(policy)
-    machine = new_machine(policy)
+    rows = machine_module.build_rows()
+    machine = new_machine(
+        policy, machine_module.build_engine(rows)
+    )  # its own: the recorder hooks it
     keys = _data_keys(machine)
-    recorder = Recorder(machine, machine_module.build_rows())
+    recorder = Recorder(machine, rows)
 
     def add(node: Node, parent: tuple[int, ev.Event] | None) -> int:
         out.index[node] = len(out.nodes)
@@ -662,7 +678,7 @@ def _check_edge(
 ) -> None:
     src, dst = out.nodes[here], edge.child
     where = f"{src.state.name} --{label}-->"
-    bookkeeping = ("now", "_trigger_name")
+    bookkeeping = ("now",)
 
     # Started: begins a new machine; raises LocalProtocolError, machine unchanged, otherwise.
     if isinstance(event, ev.Started) and (src.started or src.state in TERMINAL):
@@ -762,7 +778,7 @@ def _changed(before: dict[str, Any], machine: ConnectionMachine, ignore: tuple[s
 def table_outcome_gaps(machine: ConnectionMachine | None = None) -> list[str]:
     """(state, trigger) pairs whose rows do not end in exactly one, last, unguarded row, read
     from the engine itself (``get_transitions``), in the order it tries them."""
-    engine = (machine or new_machine(POLICY))._machine
+    engine = machine._machine if machine is not None else machine_module.build_engine()
     gaps = []
     for state in State:
         for trigger in TRIGGERS:

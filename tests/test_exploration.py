@@ -25,8 +25,6 @@ S = State
 MIN_NODES = 2_000
 MIN_EDGES = 80_000
 MIN_DEPTH = 12
-#: The exploration must stay well inside this (about 5 s on a 2-vCPU VM).
-TIME_BUDGET_S = 20.0
 
 #: A smaller policy for the mutants, so each explores in a second or two.
 TINY = Policy(
@@ -61,7 +59,8 @@ def exploration() -> x.Exploration:
 
 
 def test_exploration_is_not_vacuous(exploration: x.Exploration) -> None:
-    """The exploration reaches thousands of states, every resting state, and stays fast."""
+    """The exploration reaches thousands of states and every resting state (its speed is a
+    benchmark figure, docs/benchmarks.md item 6, never a timed assertion here)."""
     assert len(exploration.nodes) >= MIN_NODES, exploration.summary()
     assert exploration.edge_count >= MIN_EDGES, exploration.summary()
     assert exploration.depth >= MIN_DEPTH, exploration.summary()
@@ -69,7 +68,6 @@ def test_exploration_is_not_vacuous(exploration: x.Exploration) -> None:
     assert resting == set(State) - {S.QUICK_DROPPED}
     kinds = Counter(e.kind for edges in exploration.edges for e in edges.values())
     assert kinds["conforming"] and kinds["closed-attempt"] and kinds["off-contract"]
-    assert exploration.seconds < TIME_BUDGET_S
 
 
 # -- safety -----------------------------------------------------------------------------------
@@ -249,7 +247,7 @@ def test_checker_finds_a_silent_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the generated catch-all rows, some trigger is answered by no row: found, with
     its shortest event sequence, and the static check names the gaps."""
     monkeypatch.setattr(machine_module, "_has_catch_all", lambda *_: True)
-    assert x.table_outcome_gaps(x.new_machine(TINY))
+    assert x.table_outcome_gaps()  # a fresh engine reads the changed table
     out = x.explore(TINY)
     no_row = [v for v in out.violations if "answered by no row" in v.message]
     assert no_row, _report(out.violations)

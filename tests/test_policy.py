@@ -135,6 +135,7 @@ def _invalid_cases() -> list[tuple[str, Any]]:
     cases += [
         ("token_refresh_margin_s", v) for v in (-1.0, -0.001, NAN, INF, -INF, True, "50", None)
     ]
+    cases += [("progress_log_interval_s", v) for v in (-1.0, NAN, INF, True, "60", None)]
     return cases
 
 

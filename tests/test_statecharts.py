@@ -331,7 +331,7 @@ def test_package_data_declares_the_svg() -> None:
 
 def test_svg_without_dot_is_the_packaged_drawing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without dot, render('svg') returns the packaged drawing of the current table."""
-    monkeypatch.setattr(statecharts, "_dot_program", lambda: None)
+    monkeypatch.setattr(statecharts.svg, "_dot_program", lambda: None)
     assert render("svg") == PACKAGED_SVG.read_text(encoding="utf-8")
 
 
@@ -339,7 +339,7 @@ def test_svg_of_a_changed_table_without_dot_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A changed table cannot use the packaged drawing: without dot, the error says how to get it."""
-    monkeypatch.setattr(statecharts, "_dot_program", lambda: None)
+    monkeypatch.setattr(statecharts.svg, "_dot_program", lambda: None)
     with pytest.raises(GraphvizUnavailable) as caught:
         render("svg", rows=_changed_table())
     for hint in ("apt-get install graphviz", "brew install graphviz", "dnf install graphviz"):

@@ -222,3 +222,43 @@ async def test_a_config_file_with_an_unknown_key_exits_2(tmp_path: Path) -> None
     ) as s:
         assert await s.exit_status() == 2
     assert "webhook.colour" in s.err and len(s.stderr) == 1
+
+
+async def test_serve_http_answers_the_probes_while_listening(tmp_path: Path) -> None:
+    """`serve --http`: /readyz 200 and /livez 200 while the receiver listens, /metrics 404
+    (documented: the WebSocket metrics do not apply), no secret in any answer."""
+    import httpx
+
+    args = ["--listen", "127.0.0.1:0", "--app-id", APP_ID, "--log-format", "json"]
+    async with qqconn_serve(*args, "--http", "127.0.0.1:0") as s:
+        await s.listening_port()
+        url = next(e["url"] for e in s.logs() if e.get("event") == "qqconn.cli.http")
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            ready = await http.get(url + "readyz")
+            live = await http.get(url + "livez")
+            metrics = await http.get(url + "metrics")
+            status = await http.get(url + "status.json")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["ready"] is True
+        assert live.status_code == 200
+        assert metrics.status_code == 404
+        assert status.json()["connections"][0]["shard"] == "webhook"
+        for text in (ready.text, live.text, status.text, s.err):
+            assert SECRET not in text
+        s.proc.send_signal(signal.SIGTERM)
+        assert await s.exit_status() == 0
+
+
+async def test_serve_http_on_a_busy_port_exits_2() -> None:
+    """A busy --http port: exit 2 with one line naming --http, before listening for QQ."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        args = ["--listen", "127.0.0.1:0", "--app-id", APP_ID, "--http", f"127.0.0.1:{port}"]
+        async with qqconn_serve(*args) as s:
+            assert await s.exit_status() == 2
+    lines = [line for line in s.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("qqconn serve: --http:"), s.err

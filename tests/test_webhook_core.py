@@ -389,19 +389,31 @@ def test_the_window_keeps_its_bounds(
 
 
 def test_the_core_imports_no_io() -> None:
-    """webhook.core is sans-I/O: no asyncio, no clock, no sockets, no server among its imports."""
+    """webhook.core and every module it is made of (keys, verify, dedupe, lifecycle) are
+    sans-I/O: no asyncio, no clock, no sockets, no server among their imports."""
     import ast
+    import importlib
 
     import qqconn.webhook.core as core
 
-    tree = ast.parse(Path(core.__file__).read_text(encoding="utf-8"))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert imported.isdisjoint({"asyncio", "time", "socket", "uvicorn", "httpx", "os", "random"})
+    todo, checked, imported = ["qqconn.webhook.core"], set(), {}
+    while todo and len(checked) < 20:  # the core's own modules, followed through its imports
+        name = todo.pop()
+        checked.add(name)
+        path = Path(importlib.import_module(name).__file__ or "")
+        found = imported.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+        todo += [m for m in found if m.startswith("qqconn.webhook.") and m not in checked]
+    # Every public class and function of the core is defined in a module that was checked.
+    homes = {getattr(core, n).__module__ for n in core.__all__ if callable(getattr(core, n))}
+    assert homes <= checked and len(checked) >= 5, (homes, checked)
+    io = {"asyncio", "time", "socket", "uvicorn", "httpx", "os", "random"}
+    for name, found in imported.items():
+        assert {m.split(".")[0] for m in found}.isdisjoint(io), (name, found)
 
 
 def test_the_readme_refusal_table_is_the_code() -> None:

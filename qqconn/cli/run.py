@@ -99,6 +99,13 @@ def add_parser(sub: Any) -> None:
         "every event is written exactly once",
     )
     run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /metrics, /livez, /readyz and the live status page / on HOST:PORT "
+        "(127.0.0.1:9100, [::1]:9100, :9100 for every interface; port 0 picks a free one, "
+        "logged as qqconn.cli.http); needs qqconn[ops,metrics]",
+    )
+    run.add_argument(
         "--log-format",
         choices=("console", "json"),
         default="console",
@@ -127,6 +134,8 @@ class RunOptions:
     state_file: Path | None
     state_refresh_s: float
     output: Path | None
+    #: ``--http``: where the ops endpoints listen (None: nowhere).
+    http: tuple[str, int] | None
     log_format: str
     log_level: str
 
@@ -172,6 +181,7 @@ def run_options(args: argparse.Namespace, env: Mapping[str, str]) -> RunOptions:
         paths.check_state_file(state_file)
     if output is not None:
         paths.check_output(output)
+    http = _check_http(args.http) if args.http is not None else None
     return RunOptions(
         app_id=app_id,
         secret=secret,
@@ -183,9 +193,30 @@ def run_options(args: argparse.Namespace, env: Mapping[str, str]) -> RunOptions:
         state_file=state_file,
         state_refresh_s=args.state_refresh,
         output=output,
+        http=http,
         log_format=args.log_format,
         log_level=args.log_level,
     )
+
+
+def _check_http(text: str) -> tuple[str, int]:
+    """``--http HOST:PORT`` → ``(host, port)``; UsageError for a bad address or a missing
+    extra (the port itself is bound before connecting, in :func:`_run`)."""
+    from qqconn.errors import ConfigError
+    from qqconn.ops.server import parse_address
+
+    try:
+        address = parse_address(text, option="--http")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    for module, extra in (("uvicorn", "ops"), ("prometheus_client", "metrics")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise UsageError(
+                f"--http: needs the Python package {module!r}: pip install 'qqconn[{extra}]'"
+            ) from None
+    return address
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -231,6 +262,21 @@ async def _run(opts: RunOptions) -> int:
         stop()
 
     sink = EventSink(stream, log, on_closed=stop)
+    ops = metrics = None
+    if opts.http is not None:
+        from qqconn.metrics import Metrics
+        from qqconn.ops import OpsServer
+
+        metrics = Metrics()
+        try:
+            ops = OpsServer(metrics=metrics, host=opts.http[0], port=opts.http[1])
+            await ops.start()  # before connecting: a busy port is a usage error, exit 2
+        except ConfigError as exc:
+            print(f"qqconn run: --http: {str(exc).removeprefix('http: ')}", file=sys.stderr)
+            if stream is not sys.stdout:
+                stream.close()
+            return EXIT_USAGE
+        log.info("qqconn.cli.http", url=ops.url)
     try:
         mgr = ConnectionManager(
             app_id=opts.app_id,
@@ -241,12 +287,18 @@ async def _run(opts: RunOptions) -> int:
             api_base=opts.api_base or DEFAULT_API_BASE,
             token_url=opts.token_url or DEFAULT_TOKEN_URL,
             on_dispatch=sink.write,
+            on_state_change=ops.on_state_change if ops is not None else None,
             state_file=opts.state_file,
             resume_from=checkpoint,
+            metrics=metrics,
         )
     except ConfigError as exc:
         print(f"qqconn run: {exc}", file=sys.stderr)
+        if ops is not None:
+            await ops.stop()
         return EXIT_USAGE
+    if ops is not None:
+        ops.watch(mgr)  # the manager feeds the metrics itself
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
@@ -285,6 +337,8 @@ async def _run(opts: RunOptions) -> int:
         for task in stopping:
             with contextlib.suppress(Exception):
                 await task
+        if ops is not None:
+            await ops.stop()
     status = EXIT_STDOUT_CLOSED if sink.closed else EXIT_OK
     log.info("qqconn.cli.exit", status=status, state=mgr.state.value)
     return status

@@ -133,6 +133,7 @@ class Attempt:
                 return
             self.ws = ws
             feeder.feed(ev.SocketOpened(self.number, feeder.clock()))
+            feeder.obs.connection_opened()
             await self._read(ws)
         except Exception:  # a bug here ends this connection, never the host
             feeder.internal_error(self.number)
@@ -144,22 +145,25 @@ class Attempt:
     async def _open(self) -> ClientConnection | None:
         """Token, gateway URL, WebSocket. Reports ConnectFailed and returns None on failure."""
         run, feeder = self._run, self._feeder
-        stage = "token"
+        stage, url = "token", run.tokens.url
         try:
+            feeder.feed(ev.ConnectProgressed(self.number, feeder.clock(), stage, url))
             self.token = await run.tokens.get(refresh=self.refresh_token)
-            stage = "gateway"
+            stage, url = "gateway", f"{run.api_base}/gateway/bot"
+            feeder.feed(ev.ConnectProgressed(self.number, feeder.clock(), stage, url))
             response = await run.http.get(
-                f"{run.api_base}/gateway/bot",
+                url,
                 headers={
                     "Authorization": f"QQBot {self.token.reveal()}",
                     "X-Union-Appid": run.app_id,
                 },
             )
-            url = proto.parse_gateway_response(response.status_code, response.content)
-            stage = "handshake"
+            ws_url = proto.parse_gateway_response(response.status_code, response.content)
+            stage, url = "handshake", run.tokens.scrub(ws_url)  # reported: never a secret
+            feeder.feed(ev.ConnectProgressed(self.number, feeder.clock(), stage, url))
             return await websockets.connect(
-                url,
-                ssl=tls_context() if url.startswith("wss://") else None,
+                ws_url,
+                ssl=tls_context() if ws_url.startswith("wss://") else None,
                 open_timeout=run.policy.connect_timeout_s,
                 close_timeout=run.policy.close_timeout_s,
                 ping_interval=None,  # liveness is the machine's: heartbeats and ACKs
@@ -171,18 +175,21 @@ class Attempt:
             raise
         except Exception as exc:
             detail = run.tokens.scrub(f"{type(exc).__name__}: {exc}")[:DETAIL_CHARS]
-            feeder.log.warning("qqconn.connect_failed", stage=stage, error=detail)
+            feeder.log.warning("qqconn.connect_failed", stage=stage, url=url, error=detail)
             refused = isinstance(exc, CredentialsRefused)
-            feeder.feed(
-                ev.ConnectFailed(self.number, feeder.clock(), stage, detail, refused=refused)
-            )
+            feeder.feed(ev.ConnectFailed(self.number, feeder.clock(), stage, detail, refused, url))
             return None
 
     async def _read(self, ws: ClientConnection) -> None:
         n = self.number
         feeder = self._feeder
         feed, execute, clock, log = feeder.feed, feeder.execute, feeder.clock, feeder.log
-        handle_dispatch, put = feeder.machine.handle_dispatch, feeder.host.deliver
+        machine, obs = feeder.machine, feeder.obs
+        handle_dispatch, put, seen = (
+            machine.handle_dispatch,
+            feeder.host.deliver,
+            obs.frame_received,
+        )
         deliver = cmd.DeliverDispatch
         code: int | None = None
         reason = ""
@@ -191,6 +198,7 @@ class Attempt:
             while True:
                 message = await ws.recv()
                 now = clock()
+                seen(now)
                 try:
                     frame = proto.parse_frame(message)
                 except RemoteProtocolError as exc:
@@ -208,7 +216,10 @@ class Attempt:
                     elif command is not None:
                         execute(command)
                     continue
+                acks = machine.acks
                 feed(_event_for(frame, n, now))
+                if machine.acks != acks and machine.last_ack_latency_s is not None:
+                    obs.heartbeat_acked(machine.last_ack_latency_s)  # every ACK, not a sample
                 if self.closing:  # the machine ended this attempt (op 7, op 9, ...): leave now
                     return
         except ConnectionClosed as exc:

@@ -21,6 +21,7 @@ from qqconn.driver.attempt import Attempt, RunContext
 from qqconn.driver.host import HostLane
 from qqconn.errors import FatalError
 from qqconn.machine import ConnectionMachine
+from qqconn.metrics import NO_METRICS, ConnectionObserver
 
 __all__ = ["Feeder", "Timers"]
 
@@ -32,7 +33,7 @@ class Timers:
     socket is closing, so none of them can fire into a newer socket.
     """
 
-    def __init__(self, fired: Callable[[ev.Timer, int], None]) -> None:
+    def __init__(self, fired: Callable[[ev.Timer, int, float], None]) -> None:
         self._fired = fired
         self._handles: dict[ev.Timer, tuple[int, asyncio.TimerHandle]] = {}
 
@@ -63,9 +64,12 @@ class Timers:
 
     def _fire(self, timer: ev.Timer, attempt: int) -> None:
         current = self._handles.get(timer)
+        late = 0.0
         if current is not None and current[0] == attempt:
             del self._handles[timer]
-        self._fired(timer, attempt)
+            # How late the loop ran this timer: a fact in loop time (rule 21), judged by the machine.
+            late = max(0.0, asyncio.get_running_loop().time() - current[1].when())
+        self._fired(timer, attempt, late)
 
 
 class Feeder:
@@ -81,8 +85,11 @@ class Feeder:
         announce: Callable[[cmd.AnnounceState], None],
         checkpoint: Callable[[], None],
         finish: Callable[[], None],
+        obs: ConnectionObserver = NO_METRICS,
     ) -> None:
         self.machine = machine
+        #: The metrics hooks (:mod:`qqconn.metrics`); NO_METRICS does nothing.
+        self.obs = obs
         self.clock = clock
         self.log = log
         self.host = host
@@ -155,18 +162,20 @@ class Feeder:
                 self.host.deliver(command)
             case cmd.DropDispatch(seq=seq, last_seq=last_seq):
                 self.dropped += 1
+                self.obs.dispatch_replayed()
                 self.log.debug("qqconn.dispatch_replayed", seq=seq, last_seq=last_seq)
             case cmd.WriteCheckpoint():
                 self._checkpoint()
             case cmd.AnnounceState():
                 self._announce(command)
             case cmd.NotifyFatal(reason=reason, close_code=code, retryable=retryable):
+                self.obs.fatal(retryable)
                 self.host.notify_fatal(FatalError(reason, close_code=code, retryable=retryable))
             case cmd.Finish():
                 self._finish()
 
-    def _timer_fired(self, timer: ev.Timer, attempt: int) -> None:
+    def _timer_fired(self, timer: ev.Timer, attempt: int, late_s: float = 0.0) -> None:
         try:
-            self.feed(ev.TimerFired(timer, attempt, self.clock()))
+            self.feed(ev.TimerFired(timer, attempt, self.clock(), late_s))
         except Exception:  # a bug here ends this connection, never the host
             self.internal_error(attempt)

@@ -36,6 +36,7 @@ from qqconn.driver.statefile import StateFile
 from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource, tls_context
 from qqconn.errors import ConfigError, FatalError, LocalProtocolError
 from qqconn.machine import ConnectionMachine, State
+from qqconn.metrics import NO_METRICS, ConnectionObserver, Metrics, ending_kind
 from qqconn.policy import Policy
 
 __all__ = ["DEFAULT_API_BASE", "ConnectionManager"]
@@ -74,6 +75,7 @@ class ConnectionManager:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         resume_from: tuple[str, int | None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         _check_config(app_id, client_secret, intents, shard, api_base, token_url)
         self.app_id = app_id
@@ -85,6 +87,11 @@ class ConnectionManager:
         self.token_url = token_url
         self.state_file = Path(state_file) if state_file is not None else None
         self._clock = clock
+        #: The :class:`~qqconn.metrics.Metrics` this manager feeds itself (None: none).
+        self.metrics = metrics
+        self._obs: ConnectionObserver = (
+            metrics.for_connection(app_id, shard) if metrics is not None else NO_METRICS
+        )
         self._log = get_logger("qqconn").bind(app_id=app_id, shard=f"{shard[0]}/{shard[1]}")
         self._file = None if self.state_file is None else StateFile(self.state_file, log=self._log)
         self._rng = rng
@@ -117,6 +124,7 @@ class ConnectionManager:
             announce=self._announce,
             checkpoint=self.write_state_file,
             finish=self._finished.set,
+            obs=self._obs,
         )
 
     def __repr__(self) -> str:
@@ -340,6 +348,7 @@ class ConnectionManager:
         snap = self.snapshot()
         if self._file is not None:
             self._file.write(snap)
+        self._observe(change)
         self._host.announce(change, snap)
         self._wake()
 
@@ -371,9 +380,20 @@ class ConnectionManager:
     def _handled(self, delivery: cmd.DeliverDispatch) -> None:
         # DispatchHandled, through the machine's fast path for it (one call, no event object).
         seq = delivery.dispatch.seq
+        self._obs.dispatch_delivered()
         command = self._machine.handle_dispatch_handled(self._clock(), delivery.session_id, seq)
         if command is not None:
             self._feeder.execute(command)
+
+    def _observe(self, change: cmd.AnnounceState) -> None:
+        # The metrics hooks for a state change (NO_METRICS: nothing). An ``assess`` change
+        # carries the ending it assessed, already counted when that connection ended.
+        m, obs = self._machine, self._obs
+        if change.ending is not None and change.trigger != "assess":
+            obs.connection_ended(ending_kind(change.ending.kind), m.quick_drops, m.failed_attempts)
+        obs.state_changed(
+            change.state, quick_drops=m.quick_drops, failed_attempts=m.failed_attempts
+        )
 
     def _resumable(self, resume_from: object) -> Resumable | None:
         """The session to resume: the host's own checkpoint if it gave one, else the state

@@ -80,6 +80,11 @@ class TokenSource:
         self._expires_at = 0.0
 
     @property
+    def url(self) -> str:
+        """The token endpoint's URL (no secret in it: the secret goes in the body)."""
+        return self._url
+
+    @property
     def current(self) -> Secret | None:
         """The cached token, if any."""
         return self._token

@@ -11,9 +11,10 @@
 Needs ``uvicorn`` (``pip install 'qqconn[ops]'``; ``qqconn[metrics]`` for ``/metrics``).
 The library never starts this on its own: the host (or ``qqconn run --http``) does.
 
-    ops = OpsServer(metrics=Metrics(), host="0.0.0.0", port=9100)
-    manager = ConnectionManager(..., on_state_change=ops.on_state_change)
-    ops.watch(manager)
+    metrics = Metrics()
+    ops = OpsServer(metrics=metrics, host="0.0.0.0", port=9100)
+    manager = ConnectionManager(..., metrics=metrics, on_state_change=ops.on_state_change)
+    ops.watch(manager)  # the manager feeds ``metrics`` itself: the server adds nothing
     async with ops:
         await manager.run()
 """

@@ -129,7 +129,7 @@ class OpsServer:
     (call your own callback from there if you have one); without it the page, ``/readyz`` and
     the counters still work, read from ``manager.state`` and ``manager.snapshot()``.
     ``metrics``: a :class:`~qqconn.metrics.Metrics` to serve at ``/metrics`` and to feed from
-    the managers (``watch(..., feed_metrics=False)`` for a manager that feeds it itself).
+    the managers that do not feed it themselves (``ConnectionManager(metrics=...)``).
 
     ``port=0`` picks a free port (read :attr:`port` after :meth:`start`). Use ``async with``
     or ``await start()`` / ``await stop()``; both are bounded in time.
@@ -177,8 +177,12 @@ class OpsServer:
         where = self.url if self._sock is not None else "not started"
         return f"<OpsServer {where} connections={len(self.board.watches)}>"
 
-    def watch(self, manager: Any, *, feed_metrics: bool = True) -> None:
-        """Report on ``manager`` too (its app id and shard name it on every endpoint)."""
+    def watch(self, manager: Any, *, feed_metrics: bool | None = None) -> None:
+        """Report on ``manager`` too (its app id and shard name it on every endpoint).
+
+        The server's metrics are fed from the manager's surface unless the manager feeds
+        them itself (built with ``metrics=`` this server's :class:`~qqconn.metrics.Metrics`):
+        then only its own hooks count. ``feed_metrics`` True/False forces either."""
         self.board.watch(manager, feed_metrics=feed_metrics)
 
     def on_state_change(self, change: Any) -> None:

@@ -251,8 +251,14 @@ class Board:
             )
         return found
 
-    def watch(self, manager: Any, *, feed_metrics: bool = True) -> Watch:
-        """Report on ``manager`` (a :class:`~qqconn.ConnectionManager`)."""
+    def watch(self, manager: Any, *, feed_metrics: bool | None = None) -> Watch:
+        """Report on ``manager`` (a :class:`~qqconn.ConnectionManager`).
+
+        ``feed_metrics``: feed the board's metrics from the manager's surface. The default
+        (None) feeds them unless the manager feeds these very metrics itself
+        (``ConnectionManager(metrics=...)``), so nothing is ever counted twice."""
+        if feed_metrics is None:
+            feed_metrics = getattr(manager, "metrics", None) is not self.metrics
         watch = self._watch_for(str(manager.app_id), shard_label(manager.shard))
         watch.attach(manager, feed_metrics=feed_metrics)
         watch.poll()

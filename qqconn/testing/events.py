@@ -67,6 +67,7 @@ def one_of_each(
         ev.FrameRejected(attempt, at, "not JSON"),
         ev.SocketClosed(attempt, at, None),
         ev.TimerFired(ev.Timer.HEARTBEAT, attempt, at),
+        ev.ConnectProgressed(attempt, at, "token", "https://bots.example/token"),
     ]
     assert tuple(type(e) for e in events) == EVENT_TYPES, "one_of_each misses an event type"
     return events

@@ -1,7 +1,8 @@
 """The webhook (HTTP callback) transport: QQ posts signed events; qqconn verifies and delivers.
 
-* :mod:`qqconn.webhook.core` — sans-I/O: the signing key, request verdicts and refusal kinds,
-  the dedupe window, the receiver's lifecycle table;
+* :mod:`qqconn.webhook.core` — sans-I/O: the signing key (``keys``), request verdicts and
+  refusal kinds (``verify``), the dedupe window (``dedupe``), the receiver's lifecycle table
+  (``lifecycle``), each in a module of its own, every name importable from ``core``;
 * :mod:`qqconn.webhook.store` — a file that keeps the dedupe window across restarts;
 * :mod:`qqconn.webhook.asgi` — :class:`WebhookApp`, the ASGI application (mount it anywhere);
 * :mod:`qqconn.webhook.receiver` — :class:`WebhookReceiver` (the WebSocket manager's shape,

@@ -94,6 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-file", metavar="FILE", help="keep a JSON snapshot here (for qqconn status)"
     )
     parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the probes on HOST:PORT apart from the callback: /livez (the event loop "
+        "answers), /readyz (200 while the receiver listens) and /status.json; no /metrics "
+        "(the WebSocket metrics do not apply); port 0 picks a free one (logged as qqconn.cli.http)",
+    )
+    parser.add_argument(
         "--log-format", choices=("console", "json"), default="console", help="stderr log format"
     )
     parser.add_argument(
@@ -131,6 +138,8 @@ class ServeOptions:
     dedupe_store: str | None
     state_file: str | None
     webhook: Mapping[str, Any]
+    #: ``--http``: where the probes listen (None: nowhere).
+    http: tuple[str, int] | None
     log_format: str
     log_level: str
 
@@ -224,9 +233,39 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str]) -> ServeOpti
         dedupe_store=dedupe_store,
         state_file=args.state_file,
         webhook=webhook,
+        http=_parse_http(args.http) if args.http is not None else None,
         log_format=args.log_format,
         log_level=args.log_level,
     )
+
+
+def _parse_http(text: str) -> tuple[str, int]:
+    from qqconn.errors import ConfigError
+    from qqconn.ops.server import parse_address
+
+    try:
+        return parse_address(text, option="--http")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+class _ReceiverView:
+    """A :class:`WebhookReceiver` as the ops board reads a manager: app id, a ``shard`` label
+    (``"webhook"``), ``state`` (ALIVE while it listens) and ``snapshot()``."""
+
+    shard = "webhook"
+
+    def __init__(self, receiver: Any) -> None:
+        self._receiver = receiver
+        self.app_id = receiver.app_id
+
+    @property
+    def state(self) -> Any:
+        return self._receiver.state
+
+    def snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = self._receiver.snapshot()
+        return snap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -305,6 +344,19 @@ async def _serve(opts: ServeOptions) -> int:
         print(f"qqconn serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    ops = None
+    if opts.http is not None:
+        from qqconn.ops import OpsServer
+
+        try:
+            ops = OpsServer(host=opts.http[0], port=opts.http[1], title="qqconn serve")
+            ops.watch(_ReceiverView(receiver))
+            await ops.start()  # before listening for QQ: a busy port is a usage error
+        except ConfigError as exc:
+            print(f"qqconn serve: --http: {str(exc).removeprefix('http: ')}", file=sys.stderr)
+            return EXIT_USAGE
+        log.info("qqconn.cli.http", url=ops.url)
+
     loop = asyncio.get_running_loop()
 
     def on_signal(signame: str) -> None:
@@ -337,6 +389,8 @@ async def _serve(opts: ServeOptions) -> int:
         for task in stopping:
             with contextlib.suppress(Exception):
                 await task
+        if ops is not None:
+            await ops.stop()
     status = EXIT_STDOUT_CLOSED if stdout_closed else EXIT_OK
     log.info(
         "qqconn.cli.exit", status=status, state=receiver.state.value, **_counts(receiver.snapshot())

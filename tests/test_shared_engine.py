@@ -1,0 +1,112 @@
+"""Every ConnectionMachine of a process runs on one transitions engine (issue 10)."""
+
+from __future__ import annotations
+
+import gc
+import random
+import threading
+import weakref
+from typing import Any
+
+from qqconn import commands as cmd
+from qqconn import events as ev
+from qqconn.events import Timer
+from qqconn.machine import ConnectionMachine, State, shared_engine
+from qqconn.policy import Policy
+
+
+class _Quiet:
+    """A logger that drops everything."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
+
+
+def _backoff_commands(out: list[cmd.Command]) -> list[cmd.StartTimer]:
+    return [c for c in out if isinstance(c, cmd.StartTimer) and c.timer is Timer.BACKOFF]
+
+
+def test_machines_share_one_engine_that_holds_none_of_them() -> None:
+    """A thousand machines use one engine; it keeps no reference to any, so a dropped (never
+    run, or finished) machine is collected and the engine's model list stays empty."""
+    engine = shared_engine()
+    machines = [ConnectionMachine(logger=_Quiet()) for _ in range(1000)]
+    assert all(m._machine is engine for m in machines)
+    finished = machines[0]
+    finished.handle(ev.Started(0.0))
+    finished.handle(ev.StopRequested(1.0))
+    assert finished.state is State.STOPPED
+    refs = [weakref.ref(m) for m in machines]
+    del machines, finished
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []
+    assert engine.models == []
+
+
+def test_a_machines_queued_assess_never_runs_inside_another_machines_trigger() -> None:
+    """Machine B is fed while machine A's transition into BACKOFF is running (from A's log
+    call): B's queued assess runs to its end inside B's handle, A's runs inside A's, and each
+    gets its own BACKOFF timer for its own attempt."""
+    b = ConnectionMachine(rng=random.Random(1), logger=_Quiet())
+    b.handle(ev.Started(0.0))
+    inner: list[list[cmd.Command]] = []
+
+    class Reentrant:
+        """Feeds B from inside A's first transition log line."""
+
+        def __getattr__(self, name: str) -> Any:
+            def log(event: str, **_: Any) -> None:
+                if event == "qqconn.transition" and not inner:
+                    inner.append(
+                        b.handle(ev.ConnectFailed(1, 0.5, "token", "refused", refused=False))
+                    )
+
+            return log
+
+    a = ConnectionMachine(rng=random.Random(2), logger=Reentrant())
+    a.handle(ev.Started(0.0))
+    outer = a.handle(ev.ConnectFailed(1, 0.5, "token", "refused", refused=False))
+    assert b.state is State.BACKOFF and a.state is State.BACKOFF
+    assert len(_backoff_commands(inner[0])) == 1  # B's assess ran before B.handle returned
+    assert len(_backoff_commands(outer)) == 1  # A's ran in A's handle, not in B's
+    announced = [c.state for c in outer if isinstance(c, cmd.AnnounceState)]
+    assert announced == ["backoff"]
+
+
+def test_machines_on_threads_do_not_interleave() -> None:
+    """Eight threads each drive their own machine through forty failed attempts to FATAL on
+    the shared engine: every one ends exactly as a machine driven alone does."""
+
+    def drive(seed: int) -> tuple[State, int, int]:
+        m = ConnectionMachine(
+            Policy(max_reconnect_attempts=30), rng=random.Random(seed), logger=_Quiet()
+        )
+        m.handle(ev.Started(0.0))
+        t = 0.0
+        timers = 0
+        for _ in range(40):  # bounded: max_reconnect_attempts is far below this
+            if m.is_terminal:
+                break
+            t += 1.0
+            out = m.handle(ev.ConnectFailed(m.attempt, t, "gateway", "boom", refused=False))
+            timers += len(_backoff_commands(out))
+            if m.state is State.BACKOFF:
+                m.handle(ev.TimerFired(Timer.BACKOFF, m.attempt, t + 0.5))
+        return m.state, m.failed_attempts, timers
+
+    alone = drive(7)
+    results: list[tuple[State, int, int]] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        r = drive(7)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert alone[0] is State.FATAL
+    assert results == [alone] * 8
