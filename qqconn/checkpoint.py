@@ -37,6 +37,10 @@ One JSON object, rewritten atomically by the driver (docs/behaviour.md rule 13).
     None, or ``{"reason", "close_code", "retryable"}`` once the machine gave up.
 ``last_ending``
     None, or ``{"kind", "reason", "close_code"}`` of the last connection end.
+``ready``
+    None, or the ``d`` of the last READY the host was handed (the bot's own ``user``, the
+    session's ``shard``...): kept so a process that Resumes after a restart still knows it
+    (``ConnectionManager.ready``). READY carries no secret.
 ``app_id``, ``shard``
     whose connection this is (``shard`` as a ``[id, count]`` list).
 ``updated_at``, ``updated_at_unix``
@@ -85,6 +89,7 @@ SCHEMA_KEYS: frozenset[str] = frozenset(
         "skipped",
         "fatal",
         "last_ending",
+        "ready",
         "app_id",
         "shard",
         "updated_at",
@@ -100,10 +105,12 @@ QUOTE_BYTES = 80
 
 @dataclass(frozen=True, slots=True)
 class Resumable:
-    """What a restarted process may resume: the session, and the last ``s`` it finished with."""
+    """What a restarted process may resume: the session, and the last ``s`` it finished with;
+    ``ready``: the READY ``d`` the earlier process saved, if it was a JSON object."""
 
     session_id: str
     last_seq: int | None
+    ready: dict[str, Any] | None = None
 
 
 def _is_seq(value: object) -> bool:
@@ -111,15 +118,22 @@ def _is_seq(value: object) -> bool:
 
 
 def state_document(
-    fields: Mapping[str, Any], *, app_id: str, shard: tuple[int, int], now_unix: float
+    fields: Mapping[str, Any],
+    *,
+    app_id: str,
+    shard: tuple[int, int],
+    now_unix: float,
+    ready: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON-able state-file document: the machine's snapshot ``fields`` plus ``app_id``,
-    ``shard`` (a list), ``updated_at`` (ISO 8601, milliseconds, UTC) and ``updated_at_unix``.
+    """The JSON-able state-file document: the machine's snapshot ``fields`` plus ``ready`` (the
+    READY ``d``, or None), ``app_id``, ``shard`` (a list), ``updated_at`` (ISO 8601,
+    milliseconds, UTC) and ``updated_at_unix``.
 
     ``fields`` is :meth:`~qqconn.machine.ConnectionMachine.snapshot_fields`; it holds no secret,
     and neither does anything added here.
     """
     doc = dict(fields)
+    doc["ready"] = dict(ready) if ready is not None else None
     doc["app_id"] = app_id
     doc["shard"] = list(shard)
     doc["updated_at"] = datetime.fromtimestamp(now_unix, UTC).isoformat(timespec="milliseconds")
@@ -185,7 +199,8 @@ def judge_resume(
     seq = doc.get("last_seq")
     if seq is not None and not _is_seq(seq):
         return "last_seq is not a sequence number"
-    return Resumable(session_id, seq)
+    ready = doc.get("ready")
+    return Resumable(session_id, seq, ready if isinstance(ready, dict) else None)
 
 
 # -- resuming from an --output file ---------------------------------------------------------------

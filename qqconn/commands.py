@@ -125,12 +125,15 @@ class WriteCheckpoint:
 @dataclass(frozen=True, slots=True)
 class AnnounceState:
     """The state changed: tell the host and rewrite the state file. ``ending`` is the end of
-    a connection that caused the change, if one did."""
+    a connection that caused the change, if one did; ``quick_drop`` / ``failed_attempt``: that
+    ending counted as a quick drop / a failed attempt (docs/behaviour.md's counters)."""
 
     state: str
     previous: str
     trigger: str
     ending: Ending | None = None
+    quick_drop: bool = False
+    failed_attempt: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,12 +140,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from transitions import Machine
 
 from qqconn import commands as cmd
 from qqconn import events as ev
-from qqconn._log import QuietLogger
+from qqconn._log import QuietLogger, get_logger
 from qqconn.checkpoint import Resumable
 from qqconn.endings import (
     REASON_CHARS,
@@ -513,7 +512,7 @@ class ConnectionMachine:
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self._rng = rng if rng is not None else random.Random()
-        self._log = QuietLogger(logger if logger is not None else structlog.get_logger("qqconn"))
+        self._log = QuietLogger(logger) if logger is not None else get_logger("qqconn")
         restored = _check_restored(restored)
         # The session, and the last s received on it (what Resume and heartbeats carry).
         self._session_id: str | None = restored.session_id if restored else None
@@ -527,6 +526,7 @@ class ConnectionMachine:
         # The counters of docs/behaviour.md.
         self.quick_drops = 0
         self.failed_attempts = 0
+        self._counted: tuple[Ending | None, bool, bool] = (None, False, False)
         self.resume_failures = 0
         self.auth_failures = 0
         self.identify_refusals = 0
@@ -1039,13 +1039,17 @@ class ConnectionMachine:
         ending: Ending = event.kwargs["ending"]
         self.last_ending = ending
         session_before = self._session_id
+        quick = failed = False
         if ending.counts_as_quick and self.opened_at is not None:
             if self._lived_less_than_threshold():
                 self.quick_drops += 1
+                quick = True
             else:
                 self.quick_drops = 0
         if not self.reached_session or ending.always_consumes_attempt:
             self.failed_attempts += 1
+            failed = True
+        self._counted = (ending, quick, failed)  # what the announcement of this ending says
         if self.sent_resume and not self.reached_session:
             self.resume_failures += 1
         if ending.kind is EndingKind.IDENTIFY_REFUSED:
@@ -1220,7 +1224,13 @@ class ConnectionMachine:
             attempt=self.attempt,
         )
         self._checkpoint_at = self.now  # an announcement rewrites the state file
-        self._out.append(cmd.AnnounceState(self.state.value, previous, trigger, ending))
+        counted = self._counted
+        quick, failed = (
+            counted[1:] if ending is not None and counted[0] is ending else (False, False)
+        )
+        self._out.append(
+            cmd.AnnounceState(self.state.value, previous, trigger, ending, quick, failed)
+        )
 
     def ignore(self, event: Any) -> None:
         self._log.debug("qqconn.ignored", trigger=event.event.name, state=self.state.name)

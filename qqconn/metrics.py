@@ -112,6 +112,9 @@ _KIND_ALIASES = {
     "auth_failed": "close",
     "session_rejected": "close",
     "frame_too_large": "close",
+    "poison_frame_skipped": "close",  # an oversized frame came back: one s skipped
+    "poison_frame_session_lost": "close",  # it came back again: the session given up
+    "identify_refused": "op9",  # op 9 answering an Identify
     "dropped": "drop",
     "credentials_refused": "connect_failed",
     "send_failed": "heartbeat_send_failed",

@@ -1517,7 +1517,13 @@ def test_snapshot_fields_are_the_state_files_and_json_able() -> None:
         "retryable": False,
     }
     assert json.loads(json.dumps(fields)) == fields
-    assert set(SCHEMA_KEYS) - set(fields) == {"app_id", "shard", "updated_at", "updated_at_unix"}
+    assert set(SCHEMA_KEYS) - set(fields) == {
+        "ready",
+        "app_id",
+        "shard",
+        "updated_at",
+        "updated_at_unix",
+    }
 
 
 # -- stop, terminal states, misuse ------------------------------------------------------------------

@@ -46,3 +46,84 @@ def test_python_examples_parse() -> None:
     assert len(examples) >= 2
     for code in examples:
         ast.parse(code)
+
+
+def _section_block(title: str) -> str:
+    section = README.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+
+
+async def test_embedding_example_runs_against_the_fake() -> None:
+    """The README's embedding example, as written, connects, says who it is, replies through
+    the message API with the token and app id headers, and stops when told."""
+    import asyncio
+    import contextlib
+    import io
+
+    from qqconn.testing import FakeGateway, fast_policy
+
+    namespace: dict[str, object] = {"__name__": "readme_embedding"}
+    exec(compile(_section_block("Embedding qqconn in an adapter"), "README.md", "exec"), namespace)
+    run_bot = namespace["run_bot"]
+    out = io.StringIO()
+    async with FakeGateway(heartbeat_interval_ms=300) as gw:
+        stop = asyncio.Event()
+        with contextlib.redirect_stdout(out):
+            task = asyncio.create_task(
+                run_bot(  # type: ignore[operator]
+                    gw.app_id,
+                    gw.client_secret,
+                    stop,
+                    api_base=gw.api_base,
+                    token_url=gw.token_url,
+                    policy=fast_policy(),
+                )
+            )
+            await gw.wait_for(lambda: "logged in as" in out.getvalue(), timeout=10)
+            await gw.dispatch("GROUP_AT_MESSAGE_CREATE")
+            await gw.wait_for(lambda: gw.replies("group"), timeout=10)
+            stop.set()
+            async with asyncio.timeout(10):
+                await task
+    (reply,) = gw.replies("group")
+    assert reply.method == "POST" and reply.headers["authorization"] == "QQBot ***"
+    assert reply.headers["x-union-appid"] == gw.app_id
+    assert reply.content is not None and reply.content.startswith("echo:")
+    assert "ALIVE -> STOPPED" in out.getvalue()
+
+
+def test_testing_example_passes_in_strict_mode(tmp_path: Path) -> None:
+    """The README's fake-gateway test, as its own file, passes under pytest-asyncio strict mode."""
+    import os
+    import subprocess
+    import sys
+
+    test_file = tmp_path / "test_readme_example.py"
+    test_file.write_text(_section_block("Testing your adapter against the fake gateway"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "asyncio",
+            "--asyncio-mode=strict",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            str(test_file),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import structlog
 
 from qqconn import checkpoint
 from qqconn import commands as cmd
 from qqconn import events as ev
-from qqconn._log import QuietLogger
+from qqconn._log import get_logger
 from qqconn.checkpoint import Resumable
 from qqconn.driver.attempt import RunContext
 from qqconn.driver.feed import Feeder
@@ -32,7 +31,6 @@ from qqconn.driver.host import (
     FatalCallback,
     HostLane,
     StateCallback,
-    StateChange,
 )
 from qqconn.driver.permits import IdentifyLimiter, LocalIdentifyLimiter
 from qqconn.driver.statefile import StateFile
@@ -98,13 +96,11 @@ class ConnectionManager:
         self._obs: ConnectionObserver = (
             metrics.for_connection(app_id, shard) if metrics is not None else NO_METRICS
         )
-        self._log = QuietLogger(structlog.get_logger("qqconn")).bind(
-            app_id=app_id, shard=f"{shard[0]}/{shard[1]}"
-        )
+        self._log = get_logger("qqconn").bind(app_id=app_id, shard=f"{shard[0]}/{shard[1]}")
         self._file = None if self.state_file is None else StateFile(self.state_file, log=self._log)
-        self._machine = ConnectionMachine(
-            self.policy, rng=rng, logger=self._log, restored=self._resumable(resume_from)
-        )
+        self._rng = rng
+        restored = self._resumable(resume_from)
+        self._machine = ConnectionMachine(self.policy, rng=rng, logger=self._log, restored=restored)
         self._host = HostLane(
             on_dispatch=on_dispatch,
             on_state_change=on_state_change,
@@ -112,18 +108,10 @@ class ConnectionManager:
             handled=self._handled,
             log=self._log,
         )
+        self._host.ready = restored.ready if restored is not None else None
         self._finished = asyncio.Event()
         self._run_done = asyncio.Event()
-        self._feeder = Feeder(
-            self._machine,
-            clock=clock,
-            log=self._log,
-            host=self._host,
-            announce=self._announce,
-            checkpoint=self.write_state_file,
-            finish=self._finished.set,
-            obs=self._obs,
-        )
+        self._feeder = self._new_feeder()
         #: The identify limiter (docs/behaviour.md rule 17): the host's shared one, else this
         #: manager's own (right for a bot with one shard in one process).
         self.permits: IdentifyLimiter = (
@@ -133,8 +121,23 @@ class ConnectionManager:
         )
         self._shared_http = http
         self._tokens: TokenSource | None = tokens
-        self._host_task: asyncio.Task[None] | None = None
         self._started = False
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+        # Set (and replaced) at every state change: what wait_until_alive() sleeps on.
+        self._changed = asyncio.Event()
+
+    def _new_feeder(self) -> Feeder:
+        return Feeder(
+            self._machine,
+            clock=self._clock,
+            log=self._log,
+            host=self._host,
+            announce=self._announce,
+            checkpoint=self.write_state_file,
+            finish=self._finished.set,
+            obs=self._obs,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -164,6 +167,13 @@ class ConnectionManager:
         """Dispatches not handed to the host because it already had their ``s`` (replays)."""
         return self._feeder.dropped
 
+    @property
+    def ready(self) -> dict[str, Any] | None:
+        """The ``d`` of the last READY (the bot's own ``user``, ``session_id``, ``shard``), or
+        None before the first one. It stays after a Resume, and after a restart that Resumed
+        a session from the state file (which keeps it)."""
+        return self._host.ready
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able picture of the connection: state, session, counters, fatal. No secrets.
 
@@ -176,6 +186,7 @@ class ConnectionManager:
             app_id=self.app_id,
             shard=self.shard,
             now_unix=time.time(),
+            ready=self._host.ready,
         )
 
     async def access_token(self) -> str:
@@ -203,11 +214,24 @@ class ConnectionManager:
     async def run(self) -> None:
         """Connect and keep the connection alive until ``stop()`` or FATAL.
 
-        Returns after ``stop()``; raises :class:`FatalError` when the manager gives up.
+        Returns after ``stop()``; raises :class:`FatalError` when the manager gives up, once
+        ``on_fatal`` has finished. A manager whose run ended (stopped, or FATAL retryable) may
+        ``run()`` again: fresh budgets (a new machine), the same session if it can be resumed.
+        After a non-retryable FATAL, or while a run is going on, ``run()`` raises
+        :class:`LocalProtocolError`.
         """
+        self._begin()
+        await self._run()
+
+    def _begin(self) -> None:
+        """Claim the manager for one run (a new machine if an earlier run ended)."""
+        if self._running:
+            raise LocalProtocolError("run() is already running", state=self.state.name, event="run")
         if self._started:
-            raise LocalProtocolError("run() was already called", state=self.state.name, event="run")
-        self._started = True
+            self._restart()
+        self._started = self._running = True
+
+    async def _run(self) -> None:
         try:
             if self._machine.is_terminal:  # stop() came before run()
                 return
@@ -241,18 +265,21 @@ class ConnectionManager:
                         self.permits,
                     )
                 )
-                self._host_task = tg.create_task(self._host.run(), name="qqconn-host")
+                self._host.start(tg)
                 self._feeder.feed(ev.Started(self._clock()))
                 # Whatever an earlier process left (perhaps "alive") is not true now.
                 self.write_state_file()
                 await self._finished.wait()
                 await self._host.drain(self.policy.close_timeout_s)
-                self._host_task.cancel()
+                self._host.cancel()
                 self.write_state_file()
         finally:
             self._feeder.timers.cancel_all()
             self.permits.withdraw(self.shard[0])
+            self._running = False
             self._run_done.set()
+            self._wake()
+        await self._host.fatal_notified()  # on_fatal finishes before run() raises
         fatal = self._machine.fatal
         if fatal is not None:
             raise FatalError(fatal.reason, close_code=fatal.close_code, retryable=fatal.retryable)
@@ -264,11 +291,76 @@ class ConnectionManager:
         from a callback, and from ``on_fatal``.
         """
         self._feeder.feed(ev.StopRequested(self._clock()))
-        if not self._started or asyncio.current_task() is self._host_task:
+        if not self._running or asyncio.current_task() in self._host.tasks:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.policy.stop_bound_s):
                 await self._run_done.wait()
+
+    def start(self) -> asyncio.Task[None]:
+        """Run in the background: ``run()`` on a task of its own, returned.
+
+        The task's exception is always retrieved (so asyncio never logs "Task exception was
+        never retrieved"); ``await`` the task, or :meth:`wait`, to see it.
+        """
+        self._begin()  # at once: wait_until_alive() right after sees the new run's machine
+        task = self._task = asyncio.get_running_loop().create_task(self._run(), name="qqconn-run")
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def wait(self) -> None:
+        """Wait for the background run (:meth:`start`, ``async with``) to end; raise what
+        ``run()`` raised (:class:`FatalError`)."""
+        if self._task is None:
+            raise LocalProtocolError("wait() needs start()", state=self.state.name, event="wait")
+        await asyncio.shield(self._task)
+
+    async def wait_until_alive(self, timeout: float | None = None) -> None:
+        """Return once the connection is ALIVE (at once if it is).
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds (None: no limit),
+        :class:`FatalError` if the manager gives up first, :class:`LocalProtocolError` if it
+        stopped first. It may be called before the run has begun (right after ``start()``).
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                if self._machine.state is State.ALIVE:
+                    return
+                fatal = self._machine.fatal
+                if fatal is not None:
+                    raise FatalError(
+                        fatal.reason, close_code=fatal.close_code, retryable=fatal.retryable
+                    )
+                if self._machine.state is State.STOPPED:
+                    raise LocalProtocolError(
+                        "the manager stopped before the connection was alive",
+                        state=self.state.name,
+                        event="wait_until_alive",
+                    )
+                await self._changed.wait()
+
+    async def __aenter__(self) -> ConnectionManager:
+        """``async with manager:`` runs it in the background (:meth:`start`)."""
+        self.start()
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """Stop, and wait for the run to end. A :class:`FatalError` the run ended with is
+        raised here, unless the block is already raising."""
+        await self.stop()
+        task = self._task
+        if task is None:
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            async with asyncio.timeout(self.policy.stop_bound_s):
+                await asyncio.wait({task})
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return
+        if exc_type is None and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
     # -- what the parts report -------------------------------------------------------------
 
@@ -276,9 +368,34 @@ class ConnectionManager:
         snap = self.snapshot()
         if self._file is not None:
             self._file.write(snap)
-        state, previous = State(change.state), State[change.previous]
         self._observe(change)
-        self._host.announce(StateChange(state, previous, change.trigger, snap, change.ending))
+        self._host.announce(change, snap)
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _restart(self) -> None:
+        """A new machine for a new run: fresh budgets, the old run's resumable session."""
+        old = self._machine
+        if old.fatal is not None and not old.fatal.retryable:
+            raise LocalProtocolError(
+                f"the manager gave up for good: {old.fatal.reason}",
+                state=old.state.name,
+                event="run",
+            )
+        restored = old.checkpoint
+        if restored is not None:
+            restored = Resumable(restored.session_id, restored.last_seq, self._host.ready)
+            self._log.info("qqconn.session_restored", last_seq=restored.last_seq, source="rerun")
+        self._machine = ConnectionMachine(
+            self.policy, rng=self._rng, logger=self._log, restored=restored
+        )
+        self._finished.clear()
+        self._run_done.clear()
+        self._feeder = self._new_feeder()
+        self._host.reset_fatal()
 
     def _handled(self, delivery: cmd.DeliverDispatch) -> None:
         # DispatchHandled, through the machine's fast path for it (one call, no event object).
@@ -311,8 +428,16 @@ class ConnectionManager:
         # A checkpoint the host keeps itself (atomically with its own output) wins over the
         # state file's: with it, a restart neither skips nor repeats an event.
         restored = _check_resume_from(resume_from)
+        if saved is not None and saved.session_id == restored.session_id:
+            restored = Resumable(restored.session_id, restored.last_seq, saved.ready)
         self._log.info("qqconn.session_restored", last_seq=restored.last_seq, source="host")
         return restored
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a background run's outcome as seen (the machine already logged a FATAL)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _check_config(

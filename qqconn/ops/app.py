@@ -19,9 +19,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import structlog
-
-from qqconn._log import QuietLogger
+from qqconn._log import get_logger
 from qqconn.metrics import CONTENT_TYPE, Metrics
 from qqconn.ops.page import page_html, statechart_svg
 from qqconn.ops.status import Board
@@ -57,7 +55,7 @@ class OpsApp:
         self.liveness = liveness
         self.title = title
         self.refresh_s = refresh_s
-        self._log = QuietLogger(structlog.get_logger("qqconn.ops"))
+        self._log = get_logger("qqconn.ops")
         self._routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
             "/": self._page,
             "/index.html": self._page,

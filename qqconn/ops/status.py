@@ -14,9 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import structlog
-
-from qqconn._log import QuietLogger
+from qqconn._log import get_logger
 from qqconn.metrics import (
     ENDING_KINDS,
     ConnectionObserver,
@@ -242,7 +240,7 @@ class Board:
         self.ring_size = ring_size
         self._clock = clock
         self._watches: dict[tuple[str, str], Watch] = {}
-        self._log = QuietLogger(structlog.get_logger("qqconn.ops"))
+        self._log = get_logger("qqconn.ops")
 
     def _watch_for(self, app_id: str, shard: str) -> Watch:
         key = (app_id, shard)

@@ -32,9 +32,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
-import structlog
-
-from qqconn._log import QuietLogger
+from qqconn._log import get_logger
 from qqconn.policy import Policy
 from qqconn.protocol import OpCode
 from qqconn.testing import payloads
@@ -49,7 +47,7 @@ from qqconn.testing.ws import CLOSE_REASONS, WS_PATH, WebSocketSide, op_of
 
 __all__ = ["CLOSE_REASONS", "TOKEN_PATH", "WS_PATH", "FakeGateway"]
 
-log = QuietLogger(structlog.get_logger("qqconn.testing"))
+log = get_logger("qqconn.testing")
 
 #: Poll step of :meth:`FakeGateway.wait_for` and the watchdog tick while a timed fault is
 #: armed. Read when a gateway is built (``bench/gateway_proc.py --tick`` patches it first).

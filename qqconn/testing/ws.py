@@ -19,13 +19,12 @@ import json
 import time
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from qqconn._log import QuietLogger
+from qqconn._log import get_logger
 from qqconn.protocol import OpCode
 from qqconn.testing.faults import MISSING, NO_OVERRIDE
 from qqconn.testing.payloads import compact
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CLOSE_REASONS", "WS_PATH", "WebSocketSide"]
 
-log = QuietLogger(structlog.get_logger("qqconn.testing"))
+log = get_logger("qqconn.testing")
 
 WS_PATH: Final = "/websocket"
 

@@ -46,9 +46,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
-from qqconn._log import QuietLogger
+from qqconn._log import get_logger
 from qqconn.protocol import Dispatch
 from qqconn.webhook.core import (
     ACK_BODY,
@@ -151,7 +149,7 @@ class WebhookApp:
             window_s=dedupe_window_s, max_ids=dedupe_max_ids, store=dedupe_store, now=clock()
         )
         self.stats = WebhookStats()
-        self._log = QuietLogger(structlog.get_logger("qqconn.webhook")).bind(app_id=app_id)
+        self._log = get_logger("qqconn.webhook").bind(app_id=app_id)
         self._in_flight: dict[str, asyncio.Future[bool]] = {}
         self._host_lane = asyncio.Lock()
         if self.window.loaded:

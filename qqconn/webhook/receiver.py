@@ -29,10 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
 import uvicorn
 
-from qqconn._log import QuietLogger
+from qqconn._log import get_logger
 from qqconn.errors import ConfigError, FatalError, LocalProtocolError
 from qqconn.machine import State
 from qqconn.webhook.asgi import DispatchCallback, WebhookApp, in_callback
@@ -146,7 +145,7 @@ class WebhookReceiver:
         self._on_state_change = on_state_change
         self._on_fatal = on_fatal
         self._clock = clock
-        self._log = QuietLogger(structlog.get_logger("qqconn.webhook")).bind(app_id=app_id)
+        self._log = get_logger("qqconn.webhook").bind(app_id=app_id)
         self._state = State.CONNECTING
         self._fatal: FatalError | None = None
         self._server: _Server | None = None

@@ -18,9 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
-
-from qqconn._log import QuietLogger
+from qqconn._log import get_logger
 
 __all__ = ["FileDedupeStore"]
 
@@ -32,7 +30,7 @@ class FileDedupeStore:
         self.path = Path(path)
         self.fsync = fsync
         self._fh: IO[str] | None = None
-        self._log = QuietLogger(structlog.get_logger("qqconn.webhook"))
+        self._log = get_logger("qqconn.webhook")
         self.failed_writes = 0
 
     def __repr__(self) -> str:
