@@ -21,19 +21,12 @@ __all__ = [
     "Finish",
     "NotifyFatal",
     "OpenSocket",
-    "RequestIdentifyPermit",
     "SendHeartbeat",
     "SendIdentify",
     "SendResume",
     "StartTimer",
     "WriteCheckpoint",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class RequestIdentifyPermit:
-    """Ask the identify limiter for a permit to Identify (docs/behaviour.md rule 17). Report
-    IdentifyPermitted or IdentifyPermitDeferred; never wait inside the limiter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +144,7 @@ class Finish:
 
 
 Command = (
-    RequestIdentifyPermit
-    | OpenSocket
+    OpenSocket
     | SendIdentify
     | SendResume
     | SendHeartbeat

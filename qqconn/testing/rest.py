@@ -227,11 +227,11 @@ class RestSide:
             200,
             {
                 "url": gw.ws_url,
-                "shards": gw.recommended_shards,
+                "shards": 1,
                 "session_start_limit": {
                     "total": book.session_start_total,
                     "remaining": book.session_start_remaining,
-                    "reset_after": book.reset_after_ms,
+                    "reset_after": 86_400_000,
                     "max_concurrency": book.max_concurrency,
                 },
             },
