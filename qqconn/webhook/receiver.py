@@ -19,10 +19,8 @@ import asyncio
 import contextlib
 import errno
 import inspect
-import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from datetime import UTC, datetime
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from qqconn._log import get_logger
+from qqconn.driver.statefile import StateFile
 from qqconn.errors import ConfigError, FatalError, LocalProtocolError
 from qqconn.machine import State
 from qqconn.webhook.asgi import DispatchCallback, WebhookApp, in_callback
@@ -390,23 +389,9 @@ class WebhookReceiver:
             self._write_state_file(self.snapshot())
 
     def _write_state_file(self, snap: dict[str, Any]) -> None:
+        # The same atomic, mode-0600 writer as the WebSocket manager's.
         assert self.state_file is not None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".qqconn-", suffix=".tmp", dir=self.state_file.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(snap, fh, sort_keys=True)
-                    fh.write("\n")
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, self.state_file)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError as exc:
-            self._log.warning(
-                "qqconn.webhook.state_file_failed", path=str(self.state_file), error=str(exc)[:200]
-            )
+        StateFile(self.state_file, log=self._log).write(snap)
 
 
 # -- one switch for both transports ---------------------------------------------------------------
