@@ -54,7 +54,7 @@ class EventSink:
             self.closed = True
             with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
-            self._log.error("qqconn.cli.stdout_closed", seq=d.seq)
+            self._log.error("qqconn.cli.stdout_closed", seq=d.seq, event_id=d.event_id)
             self._on_closed()
 
 

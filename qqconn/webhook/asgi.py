@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import json
 import os
 import time
 from collections import Counter
@@ -349,13 +348,3 @@ def _route_path(scope: Scope) -> str:
     if root and path.startswith(root):
         path = path[len(root) :] or "/"
     return path
-
-
-def dispatch_line(dispatch: Dispatch) -> str:
-    """The JSON line ``qqconn run`` and ``qqconn serve`` print per event."""
-    return json.dumps(
-        {"s": dispatch.seq, "t": dispatch.type, "id": dispatch.event_id, "d": dispatch.data},
-        ensure_ascii=False,
-        separators=(",", ":"),
-        default=str,
-    )

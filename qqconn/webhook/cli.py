@@ -33,7 +33,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from qqconn.cli.logs import configure_logging
 from qqconn.cli.options import (
@@ -44,6 +44,7 @@ from qqconn.cli.options import (
     EXIT_USAGE,
     UsageError,
 )
+from qqconn.cli.output import EventSink
 from qqconn.cli.secrets import ENV_SECRET
 
 __all__ = ["ServeOptions", "add_arguments", "main", "parse_listen", "serve", "serve_options"]
@@ -303,28 +304,18 @@ async def _serve(opts: ServeOptions) -> int:
     import structlog
 
     from qqconn.errors import ConfigError, FatalError
-    from qqconn.protocol import Dispatch
-    from qqconn.webhook.asgi import dispatch_line
     from qqconn.webhook.receiver import QQ_CALLBACK_PORTS, WebhookReceiver
 
     log = structlog.get_logger("qqconn.cli")
-    out: TextIO = sys.stdout
-    stdout_closed: list[bool] = []
     stopping: list[asyncio.Task[None]] = []
 
-    def on_dispatch(d: Dispatch) -> None:
-        if stdout_closed:
-            return
-        try:
-            out.write(dispatch_line(d) + "\n")
-            out.flush()
-        except (BrokenPipeError, ValueError):
-            stdout_closed.append(True)
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-            log.error("qqconn.cli.stdout_closed", event_id=d.event_id)
-            if not stopping:
-                stopping.append(asyncio.get_running_loop().create_task(receiver.stop()))
+    def stdout_gone() -> None:
+        if not stopping:
+            stopping.append(asyncio.get_running_loop().create_task(receiver.stop()))
+
+    # The same one-JSON-line-per-event writer as `qqconn run`'s, closed pipe handling included.
+    sink = EventSink(sys.stdout, log, on_closed=stdout_gone)
+    on_dispatch = sink.write
 
     try:
         receiver = WebhookReceiver(
@@ -391,7 +382,7 @@ async def _serve(opts: ServeOptions) -> int:
                 await task
         if ops is not None:
             await ops.stop()
-    status = EXIT_STDOUT_CLOSED if stdout_closed else EXIT_OK
+    status = EXIT_STDOUT_CLOSED if sink.closed else EXIT_OK
     log.info(
         "qqconn.cli.exit", status=status, state=receiver.state.value, **_counts(receiver.snapshot())
     )
