@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qqconn.driver.host import StateChange
     from qqconn.driver.manager import ConnectionManager
+    from qqconn.driver.permits import LocalIdentifyLimiter
+    from qqconn.driver.shards import BotShards
     from qqconn.driver.tokens import Secret
     from qqconn.errors import (
         ConfigError,
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "ConnectionManager": "qqconn.driver.manager",
+    "BotShards": "qqconn.driver.shards",
+    "LocalIdentifyLimiter": "qqconn.driver.permits",
     "Secret": "qqconn.driver.tokens",
     "StateChange": "qqconn.driver.host",
     "ConfigError": "qqconn.errors",
@@ -44,12 +48,14 @@ _HOMES = {
 }
 
 __all__ = [
+    "BotShards",
     "ConfigError",
     "ConnectionMachine",
     "ConnectionManager",
     "Dispatch",
     "FatalError",
     "Intents",
+    "LocalIdentifyLimiter",
     "LocalProtocolError",
     "Policy",
     "QQConnError",

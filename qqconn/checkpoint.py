@@ -21,6 +21,11 @@ One JSON object, rewritten atomically by the driver (docs/behaviour.md rule 13).
     the last ``s`` read from the socket.
 ``reconnect_attempts``, ``quick_disconnects``, ``resume_failures``
     the machine's counters (failed attempts in a row, quick drops in a row, failed resumes).
+``identify_refusals``
+    Identifies answered with op 9 in a row (docs/behaviour.md rule 18).
+``identify_wait``
+    None, or ``{"wait_s", "reason"}`` while ``state`` is ``awaiting_permit`` and the identify
+    limiter deferred the permit (rule 17; ``remaining`` 0 waits ``reset_after``).
 ``attempt``
     the current attempt number.
 ``heartbeat_interval_s``, ``last_ack_latency_s``
@@ -76,6 +81,8 @@ SCHEMA_KEYS: frozenset[str] = frozenset(
         "reconnect_attempts",
         "quick_disconnects",
         "resume_failures",
+        "identify_refusals",
+        "identify_wait",
         "attempt",
         "heartbeat_interval_s",
         "last_ack_latency_s",

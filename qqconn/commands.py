@@ -21,12 +21,19 @@ __all__ = [
     "Finish",
     "NotifyFatal",
     "OpenSocket",
+    "RequestIdentifyPermit",
     "SendHeartbeat",
     "SendIdentify",
     "SendResume",
     "StartTimer",
     "WriteCheckpoint",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIdentifyPermit:
+    """Ask the identify limiter for a permit to Identify (docs/behaviour.md rule 17). Report
+    IdentifyPermitted or IdentifyPermitDeferred; never wait inside the limiter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +151,8 @@ class Finish:
 
 
 Command = (
-    OpenSocket
+    RequestIdentifyPermit
+    | OpenSocket
     | SendIdentify
     | SendResume
     | SendHeartbeat

@@ -151,6 +151,8 @@ class EndingKind(enum.Enum):
     INVALID_SESSION_RESUMABLE = "invalid_session_resumable"
     #: op 9 with d: false (or no d)
     INVALID_SESSION = "invalid_session"
+    #: op 9 answering an Identify (before READY): the gateway refused to start a session
+    IDENTIFY_REFUSED = "identify_refused"
     #: an oversized frame came back at the same point after a Resume: its s was skipped (rule 19)
     POISON_FRAME_SKIPPED = "poison_frame_skipped"
     #: an oversized frame came back even after a skip: the session was given up (rule 19)
@@ -262,9 +264,11 @@ class Op7:
 
 @dataclass(frozen=True, slots=True)
 class Op9:
-    """Op 9 arrived; ``resumable`` is its ``d``."""
+    """Op 9 arrived; ``resumable`` is its ``d``; ``after_identify``: it answered this
+    socket's Identify (no READY yet), so the gateway refused to start a session."""
 
     resumable: bool
+    after_identify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +453,14 @@ def classify(observation: Observation) -> Ending:
                 "op 7 reconnect requested",
                 RECONNECT_CLOSE_CODE,
                 delay=Delay.NOW,
+                counts_as_quick=False,
+            )
+        case Op9(after_identify=True):
+            # Rule 18: not a network problem, and not a quick drop; its own budget counts it.
+            return Ending(
+                EndingKind.IDENTIFY_REFUSED,
+                "op 9: the gateway refused the Identify",
+                session=Session.FORGET,
                 counts_as_quick=False,
             )
         case Op9(resumable=True):

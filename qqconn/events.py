@@ -28,6 +28,8 @@ __all__ = [
     "HeartbeatSendFailed",
     "HeartbeatSent",
     "HelloReceived",
+    "IdentifyPermitDeferred",
+    "IdentifyPermitted",
     "InvalidSessionReceived",
     "ReadyReceived",
     "ReconnectRequested",
@@ -48,6 +50,7 @@ class Timer(enum.Enum):
     HEARTBEAT = "heartbeat"  #: next heartbeat due (per socket)
     ACK_DEADLINE = "ack_deadline"  #: the last heartbeat's ACK is due (per socket)
     BACKOFF = "backoff"  #: the wait between attempts is over
+    PERMIT = "permit"  #: time to ask the identify limiter again
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,24 @@ class StopRequested:
     """The host asked the manager to stop."""
 
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyPermitted:
+    """The identify limiter granted the permit the machine asked for: Identify may go."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyPermitDeferred:
+    """The identify limiter cannot grant a permit now. ``wait_s``: when to ask again (the
+    bucket's window, ``reset_after`` when ``remaining`` is 0); None when the limiter could not
+    tell (its store is unreachable): the machine backs off. ``reason`` says why, for logs."""
+
+    at: float
+    wait_s: float | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +259,8 @@ class TimerFired:
 Event = (
     Started
     | StopRequested
+    | IdentifyPermitted
+    | IdentifyPermitDeferred
     | ConnectFailed
     | SocketOpened
     | HelloReceived

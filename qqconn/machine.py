@@ -16,6 +16,7 @@ model on the one :func:`shared_engine`, never registered with it and queueing it
 
 The states (docs/behaviour.md)::
 
+    AWAITING_PERMIT  no socket yet: waiting for the identify limiter's permit (rule 17)
     CONNECTING     token, gateway URL, WebSocket, waiting for Hello
     IDENTIFIED     Hello seen, Identify/Resume sent, heartbeats running, waiting for READY/RESUMED
     ALIVE          READY or RESUMED seen: the session is live
@@ -23,6 +24,23 @@ The states (docs/behaviour.md)::
     BACKOFF        waiting before the next attempt
     FATAL          terminal: gave up; the host is told exactly once (on entry)
     STOPPED        terminal: the host asked to stop
+
+Identify permits (docs/behaviour.md rule 17). A Resume needs no permit; an Identify does. An
+attempt that will Identify (no session held) first asks the driver's limiter
+(``RequestIdentifyPermit``) and waits in AWAITING_PERMIT, *before* its socket opens: the
+gateway closes a socket that does not Identify soon after Hello (docs/protocol.md §7, the
+"Identify in time" rule), and a wait for ``reset_after`` can last hours, so waiting with a
+socket open would turn every long wait into a dropped connection. ``IdentifyPermitted`` opens
+the attempt; ``IdentifyPermitDeferred`` says when to ask again (the bucket's window, or
+``reset_after`` when ``session_start_limit.remaining`` is 0; the snapshot's
+``identify_wait`` and the log line ``qqconn.identify_permit_deferred`` say so), or that the
+limiter could not tell (its store is unreachable), in which case the ``backoff_s`` ladder
+spaces the retries. The ``PERMIT`` timer asks again.
+
+Identify refused (rule 18). Op 9 on a socket that sent Identify and saw no READY is its own
+ending (``identify_refused``), classified before the quick-drop count the way a fatal close
+code is: ``identify_refusals`` counts them in a row (READY resets it), and the
+``max_identify_refusals``-th ends in FATAL, not retryable, naming the likely causes.
 
 The two counters, and exactly when they move:
 
@@ -167,6 +185,8 @@ __all__ = [
 class State(enum.Enum):
     """The machine's states. ``value`` is the lower-case name used in status and state files."""
 
+    #: no socket: waiting for the identify limiter's permit (docs/behaviour.md rule 17)
+    AWAITING_PERMIT = "awaiting_permit"
     #: token, gateway URL, WebSocket handshake, waiting for Hello
     CONNECTING = "connecting"
     #: Identify or Resume sent, heartbeats running, waiting for READY/RESUMED
@@ -186,10 +206,13 @@ class State(enum.Enum):
 S = State
 LIVE = [S.CONNECTING, S.IDENTIFIED, S.ALIVE]  # a socket (or an attempt at one) exists
 SOCKET_UP = [S.IDENTIFIED, S.ALIVE]  # Hello seen, heartbeats running
-NOT_TERMINAL = [S.CONNECTING, S.IDENTIFIED, S.ALIVE, S.QUICK_DROPPED, S.BACKOFF]
+NOT_TERMINAL = [S.AWAITING_PERMIT, S.CONNECTING, S.IDENTIFIED, S.ALIVE, S.QUICK_DROPPED, S.BACKOFF]
 
 TRIGGERS = (
     "start",
+    "identify_permitted",
+    "permit_deferred",
+    "permit_due",
     "socket_opened",
     "hello",
     "ready",
@@ -259,7 +282,12 @@ def _ends(
 # fmt: off
 TRANSITIONS: list[dict[str, Any]] = [
     # -- starting ---------------------------------------------------------------------------------
+    _row("start", S.CONNECTING, S.AWAITING_PERMIT, when=["not_started", "needs_permit"], then="ask_permit"),
     _row("start", S.CONNECTING, None, when="not_started", then="begin_attempt"),
+    # -- AWAITING_PERMIT: an Identify waits for the limiter (rule 17); a Resume never comes here --
+    _row("identify_permitted", S.AWAITING_PERMIT, S.CONNECTING, then="begin_attempt"),
+    _row("permit_deferred", S.AWAITING_PERMIT, None, then="wait_for_permit"),
+    _row("permit_due", S.AWAITING_PERMIT, None, then="ask_permit"),
     # -- CONNECTING -------------------------------------------------------------------------------
     _row("socket_opened", S.CONNECTING, None, then="note_socket_opened"),
     _row("hello", S.CONNECTING, S.IDENTIFIED, then="greet"),
@@ -291,6 +319,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     _row("frame_rejected", LIVE, None, then="note_rejected"),
     # -- an end the driver reported (close, connect failure, op 9), already classified -----------
     _ends("connection_ended", LIVE, S.FATAL, when="ending_is_fatal"),
+    _row("connection_ended", S.IDENTIFIED, S.FATAL, when="identify_refusals_exhausted", before="record_refusals_fatal"),
     # -- the same oversized frame after a Resume (rule 19): asked before the quick-drop count ---
     _row("connection_ended", LIVE, S.BACKOFF, when="frame_came_back_after_skip", observe="observe_poison", before="count_ending"),
     _row("connection_ended", LIVE, S.BACKOFF, when="frame_came_back", observe="observe_poison", before="skip_poison_frame"),
@@ -302,6 +331,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     # -- BACKOFF ----------------------------------------------------------------------------------
     _row("assess", S.BACKOFF, S.FATAL, when="attempts_exhausted", before="record_attempts_fatal"),
     _row("assess", S.BACKOFF, None, then="wait_before_attempt"),
+    _row("backoff_elapsed", S.BACKOFF, S.AWAITING_PERMIT, when="needs_permit", then="ask_permit"),
     _row("backoff_elapsed", S.BACKOFF, S.CONNECTING, then="begin_attempt"),
     # -- stopping ---------------------------------------------------------------------------------
     _row("stop", NOT_TERMINAL, S.STOPPED),
@@ -316,6 +346,7 @@ TRANSITIONS: list[dict[str, Any]] = [
 
 STATES: list[dict[str, Any]] = [
     {"name": S.CONNECTING},
+    {"name": S.AWAITING_PERMIT},
     {"name": S.IDENTIFIED},
     {"name": S.ALIVE},
     {"name": S.QUICK_DROPPED, "on_enter": "queue_assess"},
@@ -416,6 +447,9 @@ _EXPECTED_DELAYS = (Delay.NOW, Delay.ROTATION)
 
 _NEVER = float("-inf")
 _WRITE_CHECKPOINT = cmd.WriteCheckpoint()  # no fields: one instance serves every write
+_REQUEST_PERMIT = cmd.RequestIdentifyPermit()
+#: Timers that run while no attempt is open (between attempts).
+_BETWEEN_ATTEMPTS = (Timer.BACKOFF, Timer.PERMIT)
 
 #: Monotonic clocks are floats: a socket opened at 12345.678 and ended 5.00 s later may
 #: subtract to 4.9999999999. This much grace keeps "5.00 s is not quick" true.
@@ -495,6 +529,10 @@ class ConnectionMachine:
         self._counted: tuple[Ending | None, bool, bool] = (None, False, False)
         self.resume_failures = 0
         self.auth_failures = 0
+        self.identify_refusals = 0
+        # Identify permits (rule 17): deferrals in a row, and the last one's wait and reason.
+        self.permit_deferrals = 0
+        self.identify_wait: dict[str, Any] | None = None
         # The current attempt (one socket each).
         self.attempt = 0
         self.attempt_open = False
@@ -579,7 +617,7 @@ class ConnectionMachine:
             return True  # Started, StopRequested
         if attempt != self.attempt:
             return False
-        if isinstance(event, ev.TimerFired) and event.timer is Timer.BACKOFF:
+        if isinstance(event, ev.TimerFired) and event.timer in _BETWEEN_ATTEMPTS:
             return True
         if isinstance(event, _FROM_SOCKET) and self.opened_at is None:
             return False  # off contract: no socket of this attempt has opened
@@ -593,6 +631,10 @@ class ConnectionMachine:
                 return "start", {}
             case ev.StopRequested():
                 return "stop", {}
+            case ev.IdentifyPermitted():
+                return "identify_permitted", {}
+            case ev.IdentifyPermitDeferred(wait_s=wait_s, reason=reason):
+                return "permit_deferred", {"wait_s": wait_s, "reason": reason}
             case ev.SocketOpened():
                 return "socket_opened", {}
             case ev.HelloReceived(interval_ms=raw):
@@ -619,13 +661,18 @@ class ConnectionMachine:
                 ending = classify(ConnectFailure(stage, detail, refused, url))
                 return "connection_ended", {"ending": ending}
             case ev.InvalidSessionReceived(resumable=resumable):
-                return "connection_ended", {"ending": classify(Op9(resumable))}
+                # Rule 18: op 9 answering this socket's Identify (sent on Hello; no READY yet).
+                refused = self.state is S.IDENTIFIED and not self.sent_resume
+                ending = classify(Op9(resumable, after_identify=refused))
+                return "connection_ended", {"ending": ending}
             case ev.TimerFired(timer=Timer.HEARTBEAT, late_s=late):
                 return "heartbeat_due", {"late_s": late}
             case ev.TimerFired(timer=Timer.ACK_DEADLINE, late_s=late):
                 return "ack_due", {"late_s": late}
             case ev.TimerFired(timer=Timer.BACKOFF):
                 return "backoff_elapsed", {}
+            case ev.TimerFired(timer=Timer.PERMIT):
+                return "permit_due", {}
             case ev.TimerFired(timer=Timer.ATTEMPT_DEADLINE):
                 return "attempt_deadline_passed", {}
         raise TypeError(f"not a qqconn event: {event!r}")  # pragma: no cover
@@ -686,6 +733,18 @@ class ConnectionMachine:
     def not_started(self, _: Any) -> bool:
         """Has the machine never been started?"""
         return self.attempt == 0
+
+    def needs_permit(self, _: Any) -> bool:
+        """Will the next attempt Identify (no session held), so that it needs a permit?"""
+        return self._session_id is None
+
+    def identify_refusals_exhausted(self, event: Any) -> bool:
+        """Is this the max_identify_refusals-th Identify in a row answered with op 9?"""
+        ending: Ending = event.kwargs["ending"]
+        return (
+            ending.kind is EndingKind.IDENTIFY_REFUSED
+            and self.identify_refusals + 1 >= self.policy.max_identify_refusals
+        )
 
     def awaits_resumed(self, _: Any) -> bool:
         """Did this attempt send Resume, so that RESUMED answers it?"""
@@ -791,9 +850,33 @@ class ConnectionMachine:
         young = self._lived_less_than_threshold()
         self._observe(event, Op7(reached_session=self.reached_session, young=young))
 
+    # -- actions: identify permits (rule 17) ---------------------------------------------------
+
+    def ask_permit(self, _: Any) -> None:
+        self._out.append(_REQUEST_PERMIT)
+
+    def wait_for_permit(self, event: Any) -> None:
+        wait_s: float | None = event.kwargs["wait_s"]
+        reason = str(event.kwargs["reason"])[:DETAIL_CHARS]
+        self.permit_deferrals += 1
+        if wait_s is None:  # the limiter could not tell: back off, spaced by the ladder
+            wait_s = next_delay(None, self.permit_deferrals, self.policy, self._rng)
+        wait_s = max(0.0, float(wait_s))
+        self.identify_wait = {"wait_s": round(wait_s, 3), "reason": reason}
+        self._log.info(
+            "qqconn.identify_permit_deferred",
+            wait_s=round(wait_s, 3),
+            reason=reason,
+            deferrals=self.permit_deferrals,
+        )
+        self._out.append(cmd.StartTimer(Timer.PERMIT, wait_s, self.attempt))
+        self._out.append(_WRITE_CHECKPOINT)
+
     # -- actions: attempts -----------------------------------------------------------------
 
     def begin_attempt(self, _: Any) -> None:
+        self.permit_deferrals = 0
+        self.identify_wait = None
         self.attempt += 1
         self.attempt_open = True
         self.opened_at = None
@@ -854,6 +937,7 @@ class ConnectionMachine:
         self.failed_attempts = 0
         self.resume_failures = 0
         self.auth_failures = 0
+        self.identify_refusals = 0
         self._out.append(cmd.CancelTimer(Timer.ATTEMPT_DEADLINE))
 
     # -- actions: heartbeats ---------------------------------------------------------------
@@ -968,6 +1052,8 @@ class ConnectionMachine:
         self._counted = (ending, quick, failed)  # what the announcement of this ending says
         if self.sent_resume and not self.reached_session:
             self.resume_failures += 1
+        if ending.kind is EndingKind.IDENTIFY_REFUSED:
+            self.identify_refusals += 1
         if ending.auth_failure:
             self.auth_failures += 1
             self.refresh_token = True
@@ -1063,6 +1149,19 @@ class ConnectionMachine:
                 ending.close_code,
                 retryable=False,
             )
+
+    def record_refusals_fatal(self, event: Any) -> None:
+        ending: Ending = event.kwargs["ending"]
+        self.last_ending = ending
+        self.identify_refusals += 1
+        self.fatal = Fatal(
+            f"{self.identify_refusals} Identifies in a row were refused with op 9: the gateway "
+            "will not start a session for this bot as configured. Likely causes: intents the "
+            "bot is not granted, this host's IP not on the bot's IP allow-list, or a "
+            "sandbox-only bot connecting to the production gateway (or the reverse)",
+            ending.close_code,
+            retryable=False,
+        )
 
     def record_quick_fatal(self, _: Any) -> None:
         last = self.last_ending
@@ -1190,6 +1289,8 @@ class ConnectionMachine:
             "reconnect_attempts": self.failed_attempts,
             "quick_disconnects": self.quick_drops,
             "resume_failures": self.resume_failures,
+            "identify_refusals": self.identify_refusals,
+            "identify_wait": self.identify_wait,
             "attempt": self.attempt,
             "heartbeat_interval_s": self.heartbeat_interval_s,
             "last_ack_latency_s": self.last_ack_latency_s,

@@ -128,6 +128,11 @@ class Policy:
     #: While events are handled or heartbeats acknowledged, the state file is rewritten at
     #: most once per this many seconds (besides every state change and every new session).
     checkpoint_interval_s: float = 1.0
+    #: At most ``max_concurrency`` Identifies per this many seconds per app, per bucket
+    #: ``shard_id % max_concurrency`` (docs/behaviour.md rule 17; docs/protocol.md §3.2).
+    identify_window_s: float = 5.0
+    #: This many Identifies answered with op 9 in a row end in FATAL, not retryable (rule 18).
+    max_identify_refusals: int = 5
     #: Fetch a new access token when the cached one has less than this left. The endpoint
     #: hands out a new token only in the last 60 s of the old one's life (docs/protocol.md
     #: §3.1), so a margin above 60 s only makes fetches that return the same token.
@@ -150,6 +155,7 @@ class Policy:
             "close_timeout_s",
             "resume_window_s",
             "checkpoint_interval_s",
+            "identify_window_s",
         ):
             _positive(name, getattr(self, name))
         _positive("token_refresh_margin_s", self.token_refresh_margin_s, allow_zero=True)
@@ -161,6 +167,7 @@ class Policy:
             "max_heartbeat_send_failures",
             "heartbeat_log_every",
             "max_frame_bytes",
+            "max_identify_refusals",
         ):
             _count(name, getattr(self, name))
         if not isinstance(self.backoff_s, tuple) or not self.backoff_s:

@@ -20,6 +20,7 @@ from qqconn.errors import CredentialsRefused, RemoteProtocolError
 
 __all__ = [
     "Dispatch",
+    "GatewayBot",
     "Heartbeat",
     "HeartbeatAck",
     "Hello",
@@ -30,9 +31,11 @@ __all__ = [
     "Ready",
     "Reconnect",
     "Resumed",
+    "SessionStartLimit",
     "heartbeat_payload",
     "identify_payload",
     "parse_frame",
+    "parse_gateway_bot",
     "parse_gateway_response",
     "parse_token_response",
     "resume_payload",
@@ -309,6 +312,56 @@ def parse_token_response(status: int, body: bytes) -> tuple[str, float]:
             f"token endpoint gave an unusable expires_in: {shorten(repr(raw), 40)}"
         )
     return token, expires_in
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStartLimit:
+    """``/gateway/bot``'s ``session_start_limit`` (docs/protocol.md §3.2): session starts per
+    24 h (``total``), still allowed now (``remaining``), milliseconds until ``remaining`` is
+    reset (``reset_after_ms``), and starts allowed per identify window (``max_concurrency``)."""
+
+    total: int
+    remaining: int
+    reset_after_ms: int
+    max_concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayBot:
+    """What ``GET /gateway/bot`` says: the WebSocket URL, the recommended shard count and the
+    session start limit (None for each when ``/gateway`` was asked, or the field is unusable)."""
+
+    url: str
+    shards: int | None
+    limit: SessionStartLimit | None
+
+
+def _count_field(doc: dict[str, Any], key: str, minimum: int) -> int | None:
+    value = doc.get(key)
+    if type(value) is int and minimum <= value < 1 << 53:
+        return value
+    return None
+
+
+def parse_gateway_bot(status: int, body: bytes) -> GatewayBot:
+    """Parse ``GET /gateway/bot`` (or ``/gateway``): url, recommended shards, session limit.
+
+    Raises :class:`RemoteProtocolError` without a usable ws(s) URL. An unusable ``shards`` or
+    ``session_start_limit`` (absent, not whole numbers, ``max_concurrency`` below 1) is None:
+    the caller keeps what it knew."""
+    url = parse_gateway_response(status, body)
+    doc = json.loads(body)
+    shards = _count_field(doc, "shards", 1)
+    raw = doc.get("session_start_limit")
+    limit = None
+    if isinstance(raw, dict):
+        total = _count_field(raw, "total", 0)
+        remaining = _count_field(raw, "remaining", 0)
+        reset = _count_field(raw, "reset_after", 0)
+        mc = _count_field(raw, "max_concurrency", 1)
+        if total is not None and remaining is not None and reset is not None and mc is not None:
+            limit = SessionStartLimit(total, remaining, reset, mc)
+    return GatewayBot(url, shards, limit)
 
 
 def _error_code(body: bytes) -> object:

@@ -31,6 +31,7 @@ FAST = Policy(
     invalid_session_delay_s=(0.05, 0.1),
     close_timeout_s=0.5,
     default_heartbeat_interval_s=0.3,
+    identify_window_s=0.05,
 )
 INTENTS = 1 << 30 | 1 << 25
 HB_MS = 300  # fake gateway Hello interval: heartbeats every 0.3 s, ACK deadline 0.15 s

@@ -72,6 +72,7 @@ POLICY = Policy(
     max_reconnect_attempts=4,
     max_resume_failures=2,
     max_heartbeat_send_failures=2,
+    max_identify_refusals=2,
 )
 
 #: The Hello interval fed to the machine (ms); stale after ``stale_after_intervals`` of these.
@@ -114,6 +115,7 @@ class Node(NamedTuple):
     failed_attempts: int
     resume_failures: int
     auth_failures: int
+    identify_refusals: int
     oversized_here: bool  # the last oversized ending happened at the current point (rule 19)
     skipped_here: bool  # ...and the s at this point was skipped already
     fatal_retryable: bool | None
@@ -301,7 +303,7 @@ def abstract(machine: ConnectionMachine) -> Node:
         silent = m.now - m.last_frame_at >= p.stale_after_intervals * m.heartbeat_interval_s
     return Node(
         state=m.state,
-        started=m.attempt > 0,
+        started=m.attempt > 0 or m.state is S.AWAITING_PERMIT,
         attempt_open=m.attempt_open,
         socket_opened=opened,
         young=young,
@@ -318,6 +320,7 @@ def abstract(machine: ConnectionMachine) -> Node:
         failed_attempts=m.failed_attempts,
         resume_failures=m.resume_failures,
         auth_failures=m.auth_failures,
+        identify_refusals=m.identify_refusals,
         # Rule 19's memory is read only by a connection_ended row: nothing in FATAL or STOPPED.
         oversized_here=live and m._oversized_at == (m.session_id, m.last_seq),
         skipped_here=live and m._skipped_at == (m.session_id, m.last_seq),
@@ -353,6 +356,9 @@ def _base_alphabet() -> list[tuple[str, Maker | None]]:
         ("Started", None),
         ("StopRequested", None),
         ("DispatchHandled", None),
+        ("IdentifyPermitted", None),
+        ("IdentifyPermitDeferred", None),
+        ("IdentifyPermitDeferred(unknown)", None),
         ("ConnectFailed", lambda a, t: ev.ConnectFailed(a, t, "token", "HTTP 503")),
         (
             "ConnectFailed(refused)",
@@ -423,6 +429,12 @@ def alphabet(machine: ConnectionMachine) -> Iterator[tuple[str, ev.Event]]:
         if make is None:
             if label == "DispatchHandled":  # the host lane reports the READY it was handed
                 yield label, ev.DispatchHandled(now, SESSION_ID, 1)
+            elif label == "IdentifyPermitted":
+                yield label, ev.IdentifyPermitted(now)
+            elif label == "IdentifyPermitDeferred":
+                yield label, ev.IdentifyPermitDeferred(now, 5.0, "bucket busy")
+            elif label == "IdentifyPermitDeferred(unknown)":
+                yield label, ev.IdentifyPermitDeferred(now, None, "store unreachable")
             else:
                 yield label, (ev.Started(now) if label == "Started" else ev.StopRequested(now))
             continue
@@ -448,7 +460,7 @@ def is_for_closed_attempt(machine: ConnectionMachine, event: ev.Event) -> bool:
         return False
     if attempt != machine.attempt:
         return True
-    if isinstance(event, ev.TimerFired) and event.timer is Timer.BACKOFF:
+    if isinstance(event, ev.TimerFired) and event.timer in (Timer.BACKOFF, Timer.PERMIT):
         return False
     return not machine.attempt_open
 
@@ -490,8 +502,8 @@ def off_contract(machine: ConnectionMachine, event: ev.Event) -> str | None:
     heartbeat_report = isinstance(event, (ev.HeartbeatSent, ev.HeartbeatSendFailed))
     if (heartbeat_timer or heartbeat_report) and m.heartbeat_interval_s is None:
         return "a heartbeat timer or send report before Hello"
-    if isinstance(event, ev.TimerFired) and event.timer is Timer.BACKOFF:
-        return "the BACKOFF timer of an attempt already begun"
+    if isinstance(event, ev.TimerFired) and event.timer in (Timer.BACKOFF, Timer.PERMIT):
+        return f"the {event.timer.name} timer of an attempt already begun"
     deadline = isinstance(event, ev.TimerFired) and event.timer is Timer.ATTEMPT_DEADLINE
     if deadline and m.reached_session:
         return "the attempt deadline after READY/RESUMED cancelled it"
@@ -650,6 +662,7 @@ def _node_problems(n: Node, p: Policy, *, driver_kept_contract: bool = True) -> 
             p.max_heartbeat_send_failures - (1 if n.attempt_open else 0),
         ),
         ("auth_failures", n.auth_failures, 1),
+        ("identify_refusals", n.identify_refusals, p.max_identify_refusals),
     )
     for name, value, limit in limits:
         if value > limit:
@@ -658,7 +671,7 @@ def _node_problems(n: Node, p: Policy, *, driver_kept_contract: bool = True) -> 
         problems.append("the machine rests in QUICK_DROPPED between events (assess not run)")
     if (n.state is S.FATAL) != (n.fatal_retryable is not None):
         problems.append(f"{n.state.name} with fatal reason {n.fatal_retryable}")
-    if n.state in (S.BACKOFF, *TERMINAL) and n.attempt_open:
+    if n.state in (S.BACKOFF, S.AWAITING_PERMIT, *TERMINAL) and n.attempt_open:
         problems.append(f"{n.state.name} with an attempt still open")
     if n.state is S.ALIVE and not n.reached_session:
         problems.append("ALIVE without READY/RESUMED on this socket")
@@ -809,8 +822,14 @@ UNREACHABLE_SOURCES = {
 
 
 def declared_row_indexes() -> list[int]:
-    """Indexes in ``build_rows()`` of the rows declared in TRANSITIONS (not generated)."""
-    return list(range(len(TRANSITIONS)))
+    """Indexes in ``build_rows()`` of the rows declared in TRANSITIONS (not generated), but
+    the start row of a *restored* machine (it Resumes, so it opens its socket with no permit):
+    the exploration starts from a fresh machine only; tests/test_permits.py fires that row."""
+    return [
+        i
+        for i, row in enumerate(TRANSITIONS)
+        if not (row["trigger"] == "start" and row["dest"] is None and "conditions" in row)
+    ]
 
 
 def dead_rows(out: Exploration) -> list[str]:
@@ -846,7 +865,16 @@ Strategy = Callable[[Node], str]
 
 
 def _start_or(then: Callable[[Node], str]) -> Strategy:
-    return lambda n: "Started" if not n.started else then(n)
+    """Start, grant every identify permit asked for, and otherwise follow ``then``."""
+
+    def step(n: Node) -> str:
+        if not n.started and n.state is not S.AWAITING_PERMIT:
+            return "Started"
+        if n.state is S.AWAITING_PERMIT:
+            return "IdentifyPermitted"
+        return then(n)
+
+    return step
 
 
 def _long(n: Node, label: str) -> str:
@@ -925,7 +953,8 @@ class FailureMode:
     def bound(self) -> int:
         # One start, one partial first cycle (the node may be anywhere in it), then `limit`
         # full cycles, each of which must move a counter towards its limit.
-        return 1 + self.cycle + self.cycle * self.limit
+        # An Identify attempt waits for its permit first: one IdentifyPermitted per connection.
+        return 1 + self.cycle + self.cycle * self.limit + 1 + self.limit
 
 
 def failure_modes(policy: Policy) -> list[FailureMode]:
@@ -964,9 +993,9 @@ def failure_modes(policy: Policy) -> list[FailureMode]:
         FailureMode(
             "Hello, then op 9 d:false",
             _fail(_then_in_identified(lambda n: "InvalidSession(false)")),
-            4,
+            5,
             attempts,
-            True,
+            None,  # rule 18: refused Identifies end non-retryable, failed Resumes retryable
         ),
         FailureMode(
             "Hello, then op 7 before READY",
@@ -1058,6 +1087,8 @@ def check_failure_liveness(out: Exploration) -> list[Violation]:
 def _succeed(n: Node) -> str:
     if not n.started:
         return "Started"
+    if n.state is S.AWAITING_PERMIT:
+        return "IdentifyPermitted"
     if n.state is S.BACKOFF:
         return "TimerFired(BACKOFF)"
     if n.state is S.CONNECTING:
@@ -1065,8 +1096,9 @@ def _succeed(n: Node) -> str:
     return _ready_or_resumed(n)
 
 
-#: BACKOFF elapses, the socket opens, Hello, READY/RESUMED: four events (five unstarted).
-SUCCESS_BOUND = 5
+#: BACKOFF elapses, the permit, the socket opens, Hello, READY/RESUMED: five events (six
+#: unstarted).
+SUCCESS_BOUND = 6
 
 
 def forced_to_fatal(out: Exploration) -> set[int]:

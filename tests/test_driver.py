@@ -42,7 +42,12 @@ async def test_cold_start_identifies_and_becomes_alive(tmp_path: Path) -> None:
         assert identify["d"]["shard"] == [0, 1]
         await r.until(lambda: r.host.dispatches)
         assert r.host.dispatches[0].type == "READY"
-        assert r.host.states[:2] == [State.IDENTIFIED, State.ALIVE]
+        assert r.host.states[:4] == [
+            State.AWAITING_PERMIT,
+            State.CONNECTING,
+            State.IDENTIFIED,
+            State.ALIVE,
+        ]
         doc = json.loads(state_file.read_text())
         assert doc["state"] == "alive"
         assert doc["session_id"] == r.gw.current_session_id

@@ -95,6 +95,12 @@ CASES: list[tuple[Observation, EndingKind, Session, Delay, bool, bool, bool, boo
      "op 9 invalid session (resumable)"),
     (Op9(resumable=False), EndingKind.INVALID_SESSION, Session.FORGET, Delay.BACKOFF,
      True, False, False, False, None, False, "op 9 invalid session"),
+    (Op9(resumable=False, after_identify=True), EndingKind.IDENTIFY_REFUSED, Session.FORGET,
+     Delay.BACKOFF, False, False, False, False, None, False,
+     "op 9: the gateway refused the Identify"),
+    (Op9(resumable=True, after_identify=True), EndingKind.IDENTIFY_REFUSED, Session.FORGET,
+     Delay.BACKOFF, False, False, False, False, None, False,
+     "op 9: the gateway refused the Identify"),
     (PoisonFrame(8, skipped_before=False), EndingKind.POISON_FRAME_SKIPPED, Session.KEEP,
      Delay.BACKOFF, False, False, False, False, 1009, False,
      "frame too large again after s=7: s=8 skipped"),
@@ -166,7 +172,7 @@ _OBSERVATIONS = st.one_of(
     st.builds(SendFailures, st.integers(1, 100)),
     st.builds(DeadlinePassed, st.floats(0.01, 1e4), st.booleans()),
     st.builds(Op7, st.booleans(), st.booleans()),
-    st.builds(Op9, st.booleans()),
+    st.builds(Op9, st.booleans(), st.booleans()),
 )
 
 

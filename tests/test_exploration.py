@@ -140,6 +140,10 @@ def test_started_twice_raises_and_changes_nothing(exploration: x.Exploration) ->
     machine.handle(ev.Started(0.0))
     with pytest.raises(LocalProtocolError):
         machine.handle(ev.Started(1.0))
+    assert machine.state is S.AWAITING_PERMIT and machine.attempt == 0
+    machine.handle(ev.IdentifyPermitted(1.5))
+    with pytest.raises(LocalProtocolError):
+        machine.handle(ev.Started(2.0))
     assert machine.state is S.CONNECTING and machine.attempt == 1
 
 
@@ -251,7 +255,7 @@ def test_checker_finds_a_silent_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     out = x.explore(TINY)
     no_row = [v for v in out.violations if "answered by no row" in v.message]
     assert no_row, _report(out.violations)
-    assert len(no_row[0].path) <= 4, str(no_row[0])
+    assert len(no_row[0].path) <= 5, str(no_row[0])
 
 
 def test_checker_finds_a_second_notify(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -265,4 +269,4 @@ def test_checker_finds_a_second_notify(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ConnectionMachine, "give_up", notifies_twice)
     out = x.explore(TINY, stop_after=1)
     assert out.violations and "NotifyFatal 2 times" in out.violations[0].message
-    assert len(out.violations[0].path) <= 3, str(out.violations[0])
+    assert len(out.violations[0].path) <= 4, str(out.violations[0])

@@ -30,18 +30,38 @@ class Run:
     """A scripted driver: feeds events at the times a test chooses and keeps every command."""
 
     def __init__(
-        self, policy: Policy | None = None, *, seed: int = 0, restored: Resumable | None = None
+        self,
+        policy: Policy | None = None,
+        *,
+        seed: int = 0,
+        restored: Resumable | None = None,
+        auto_permit: bool = True,
     ) -> None:
         self.log = CapturingLogger()
         self.m = ConnectionMachine(
             policy, rng=random.Random(seed), logger=self.log, restored=restored
         )
         self.out: list[cmd.Command] = []
+        #: Grant every identify permit at once and hide the round trip (the request and the
+        #: AWAITING_PERMIT announcements), so the other rules' scripts read as before; the
+        #: permit rule's own tests (tests/test_permits.py) turn this off.
+        self.auto_permit = auto_permit
 
     # -- feeding ---------------------------------------------------------------------------
 
     def feed(self, event: ev.Event) -> list[cmd.Command]:
         got = self.m.handle(event)
+        if self.auto_permit and cmd.RequestIdentifyPermit() in got:
+            got = got + self.m.handle(ev.IdentifyPermitted(getattr(event, "at", 0.0)))
+            got = [
+                c
+                for c in got
+                if not isinstance(c, cmd.RequestIdentifyPermit)
+                and not (
+                    isinstance(c, cmd.AnnounceState)
+                    and "awaiting_permit" in (c.state, c.previous.lower())
+                )
+            ]
         self.out.extend(got)
         return got
 
@@ -384,8 +404,10 @@ ENDERS: dict[str, Callable[[Run, float], None]] = {
 
 @pytest.mark.parametrize("how", list(ENDERS))
 def test_quick_drop_counts_whatever_ended_it(how: str) -> None:
-    """Rule 1: a close frame, a drop, op 9 or a watchdog within 5 s of opening is a quick drop."""
-    r = Run(Policy(connect_timeout_s=3.0))
+    """Rule 1: a close frame, a drop, op 9 answering a Resume or a watchdog within 5 s of
+    opening is a quick drop (op 9 answering an Identify is rule 18's: tests/test_permits.py)."""
+    restored = Resumable("sid-0", 3) if how.startswith("op9") else None
+    r = Run(Policy(connect_timeout_s=3.0), restored=restored)
     r.start(0.0)
     r.connect(0.5, interval=1000)
     ENDERS[how](r, 0.5)
@@ -1696,6 +1718,7 @@ def test_quick_boundary_survives_float_clock_values(base: float) -> None:
     for lived, quick in ((5.0, 0), (4.99, 1)):
         m = ConnectionMachine(Policy(), rng=random.Random(0))
         m.handle(ev.Started(base))
+        m.handle(ev.IdentifyPermitted(base))
         m.handle(ev.SocketOpened(1, base))
         m.handle(ev.SocketClosed(1, base + lived, 1000))
         assert m.quick_drops == quick

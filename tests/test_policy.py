@@ -131,6 +131,11 @@ def _invalid_cases() -> list[tuple[str, Any]]:
         ("backoff_jitter", INF),
         ("backoff_jitter", True),
         ("heartbeat_ack_timeout_ratio", 1.5),
+        ("identify_window_s", 0.0),
+        ("identify_window_s", -5.0),
+        ("identify_window_s", NAN),
+        ("max_identify_refusals", 0),
+        ("max_identify_refusals", True),
     ]
     cases += [
         ("token_refresh_margin_s", v) for v in (-1.0, -0.001, NAN, INF, -INF, True, "50", None)

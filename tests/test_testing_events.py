@@ -25,7 +25,8 @@ def test_one_of_each_stamps_attempt_time_and_session() -> None:
     events = one_of_each(7, 12.5, session_id="s-7", seq=3)
     assert all(e.at == 12.5 for e in events)
     with_attempt = [e for e in events if hasattr(e, "attempt")]
-    assert len(with_attempt) == len(events) - 3  # Started, StopRequested, DispatchHandled
+    # Started, StopRequested, DispatchHandled and the two identify-permit answers
+    assert len(with_attempt) == len(events) - 5
     assert all(e.attempt == 7 for e in with_attempt)
     (ready,) = [e for e in events if isinstance(e, ev.ReadyReceived)]
     assert (ready.session_id, ready.seq, ready.dispatch.seq) == ("s-7", 3, 3)

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from qqconn import commands as cmd
 from qqconn import events as ev
 from qqconn import protocol as proto
+from qqconn.driver.permits import IdentifyLimiter
 from qqconn.driver.tokens import Secret, TokenSource, tls_context
 from qqconn.errors import CredentialsRefused, RemoteProtocolError
 from qqconn.machine import DETAIL_CHARS
@@ -45,6 +46,8 @@ class RunContext:
     http: httpx.AsyncClient
     tokens: TokenSource
     tg: asyncio.TaskGroup
+    #: the identify limiter this shard's Identifies ask (shared by every shard of the app)
+    permits: IdentifyLimiter
 
 
 class Attempt:
@@ -80,7 +83,8 @@ class Attempt:
     # -- sends -------------------------------------------------------------------------------
 
     def send_identify(self) -> None:
-        """Send op 2 Identify with this attempt's token."""
+        """Send op 2 Identify with this attempt's token; once it has left, the limiter's
+        window runs from then (docs/behaviour.md rule 17)."""
         run = self._run
         self._send_soon(
             "identify", lambda: proto.identify_payload(self._token(), run.intents, run.shard)
@@ -120,6 +124,14 @@ class Attempt:
             if report:
                 feeder.feed(ev.HeartbeatSendFailed(self.number, feeder.clock(), type(exc).__name__))
             return
+        if what == "identify":
+            try:
+                await self._run.permits.identify_sent(self._run.shard[0])
+            except Exception as exc:  # the store is away: the grant's own window still holds
+                feeder.log.warning(
+                    "qqconn.identify_limiter_unavailable",
+                    error=f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS],
+                )
         if report:
             feeder.feed(ev.HeartbeatSent(self.number, feeder.clock()))
 
@@ -158,7 +170,10 @@ class Attempt:
                     "X-Union-Appid": run.app_id,
                 },
             )
-            ws_url = proto.parse_gateway_response(response.status_code, response.content)
+            gateway = proto.parse_gateway_bot(response.status_code, response.content)
+            if gateway.limit is not None:
+                run.permits.observe(gateway.limit)
+            ws_url = gateway.url
             stage, url = "handshake", run.tokens.scrub(ws_url)  # reported: never a secret
             feeder.feed(ev.ConnectProgressed(self.number, feeder.clock(), stage, url))
             return await websockets.connect(

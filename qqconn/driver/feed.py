@@ -19,6 +19,7 @@ from qqconn import events as ev
 from qqconn._log import QuietLogger
 from qqconn.driver.attempt import Attempt, RunContext
 from qqconn.driver.host import HostLane
+from qqconn.driver.permits import Granted
 from qqconn.errors import FatalError
 from qqconn.machine import ConnectionMachine
 from qqconn.metrics import NO_METRICS, ConnectionObserver
@@ -137,6 +138,9 @@ class Feeder:
         """Carry out one command (the reader's fast path calls this with the machine's answer
         to a dispatch)."""
         match command:
+            case cmd.RequestIdentifyPermit():
+                assert self._run is not None
+                self._run.tg.create_task(self._ask_permit(), name="qqconn-permit")
             case cmd.OpenSocket(attempt=n, refresh_token=refresh):
                 assert self._run is not None
                 opened = self.attempts[n] = Attempt(n, refresh, self._run, self)
@@ -173,6 +177,24 @@ class Feeder:
                 self.host.notify_fatal(FatalError(reason, close_code=code, retryable=retryable))
             case cmd.Finish():
                 self._finish()
+
+    async def _ask_permit(self) -> None:
+        """Ask the limiter once and report its answer; a limiter that fails is "cannot tell"
+        (the machine backs off and asks again: nothing is skipped)."""
+        assert self._run is not None
+        run = self._run
+        try:
+            async with asyncio.timeout(run.policy.connect_timeout_s):
+                answer = await run.permits.request(run.shard[0])
+        except Exception as exc:
+            detail = f"identify limiter unavailable: {type(exc).__name__}: {exc}"
+            self.log.warning("qqconn.identify_limiter_unavailable", error=detail[:200])
+            self.feed(ev.IdentifyPermitDeferred(self.clock(), None, detail[:200]))
+            return
+        if isinstance(answer, Granted):
+            self.feed(ev.IdentifyPermitted(self.clock()))
+        else:
+            self.feed(ev.IdentifyPermitDeferred(self.clock(), answer.wait_s, answer.reason))
 
     def _timer_fired(self, timer: ev.Timer, attempt: int, late_s: float = 0.0) -> None:
         try:

@@ -32,6 +32,7 @@ from qqconn.driver.host import (
     HostLane,
     StateCallback,
 )
+from qqconn.driver.permits import IdentifyLimiter, LocalIdentifyLimiter
 from qqconn.driver.statefile import StateFile
 from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource, tls_context
 from qqconn.errors import ConfigError, FatalError, LocalProtocolError
@@ -75,6 +76,9 @@ class ConnectionManager:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         resume_from: tuple[str, int | None] | None = None,
+        permits: IdentifyLimiter | None = None,
+        http: httpx.AsyncClient | None = None,
+        tokens: TokenSource | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         _check_config(app_id, client_secret, intents, shard, api_base, token_url)
@@ -108,7 +112,15 @@ class ConnectionManager:
         self._finished = asyncio.Event()
         self._run_done = asyncio.Event()
         self._feeder = self._new_feeder()
-        self._tokens: TokenSource | None = None
+        #: The identify limiter (docs/behaviour.md rule 17): the host's shared one, else this
+        #: manager's own (right for a bot with one shard in one process).
+        self.permits: IdentifyLimiter = (
+            permits
+            if permits is not None
+            else LocalIdentifyLimiter(window_s=self.policy.identify_window_s, clock=clock)
+        )
+        self._shared_http = http
+        self._tokens: TokenSource | None = tokens
         self._started = False
         self._running = False
         self._task: asyncio.Task[None] | None = None
@@ -223,17 +235,23 @@ class ConnectionManager:
         try:
             if self._machine.is_terminal:  # stop() came before run()
                 return
-            timeout = httpx.Timeout(self.policy.connect_timeout_s)
-            client = httpx.AsyncClient(timeout=timeout, verify=tls_context())
-            async with client as http, asyncio.TaskGroup() as tg:
-                self._tokens = TokenSource(
-                    http,
-                    self.token_url,
-                    self.app_id,
-                    self._secret,
-                    self._clock,
-                    self.policy.token_refresh_margin_s,
+            if self._shared_http is not None:  # the host's (BotShards): it closes it, not us
+                client: contextlib.AbstractAsyncContextManager[httpx.AsyncClient] = (
+                    contextlib.nullcontext(self._shared_http)
                 )
+            else:
+                timeout = httpx.Timeout(self.policy.connect_timeout_s)
+                client = httpx.AsyncClient(timeout=timeout, verify=tls_context())
+            async with client as http, asyncio.TaskGroup() as tg:
+                if self._tokens is None:
+                    self._tokens = TokenSource(
+                        http,
+                        self.token_url,
+                        self.app_id,
+                        self._secret,
+                        self._clock,
+                        self.policy.token_refresh_margin_s,
+                    )
                 self._feeder.start(
                     RunContext(
                         self.app_id,
@@ -244,6 +262,7 @@ class ConnectionManager:
                         http,
                         self._tokens,
                         tg,
+                        self.permits,
                     )
                 )
                 self._host.start(tg)
@@ -256,6 +275,7 @@ class ConnectionManager:
                 self.write_state_file()
         finally:
             self._feeder.timers.cancel_all()
+            self.permits.withdraw(self.shard[0])
             self._running = False
             self._run_done.set()
             self._wake()

@@ -28,6 +28,7 @@ _COLOURS: dict[str, tuple[str, str]] = {
     State.ALIVE.name: ("#dcfce7", "#15803d"),  # the session is live
     State.QUICK_DROPPED.name: ("#fef3c7", "#b45309"),  # between attempts
     State.BACKOFF.name: ("#fef3c7", "#b45309"),
+    State.AWAITING_PERMIT.name: ("#fef3c7", "#b45309"),  # no socket: waiting for a permit
     State.FATAL.name: ("#fee2e2", "#b91c1c"),  # terminal: gave up
     State.STOPPED.name: ("#e5e7eb", "#374151"),  # terminal: stopped by the host
 }

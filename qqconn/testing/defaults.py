@@ -59,6 +59,9 @@ FAST_POLICY_VALUES: Final[dict[str, Any]] = {
     "close_timeout_s": 0.5,
     # Heartbeat interval when Hello's is missing or absurd: 0.3 s (default 41.25 s).
     "default_heartbeat_interval_s": 0.3,
+    # One Identify per 50 ms per bucket (default 5 s): tests that Identify again and again
+    # keep the permit rule without waiting for it.
+    "identify_window_s": 0.05,
 }
 
 

@@ -51,6 +51,8 @@ def one_of_each(
     events: list[ev.Event] = [
         ev.Started(at),
         ev.StopRequested(at),
+        ev.IdentifyPermitted(at),
+        ev.IdentifyPermitDeferred(at, 5.0, "bucket busy"),
         ev.ConnectFailed(attempt, at, "token", "HTTP 503"),
         ev.SocketOpened(attempt, at),
         ev.HelloReceived(attempt, at, HELLO_INTERVAL_MS),

@@ -132,6 +132,8 @@ class FakeGateway:
         self._book: SessionBook[Socket] = SessionBook(
             self._rng, session_start_total=session_start_total, max_concurrency=max_concurrency
         )
+        #: What ``/gateway/bot`` answers as ``shards`` (the recommended shard count).
+        self.recommended_shards = 1
         self._ws = WebSocketSide(self)
         self._rest = RestSide(self)
         self._http = H11Server(self._rest.route)
@@ -260,6 +262,36 @@ class FakeGateway:
     @session_start_remaining.setter
     def session_start_remaining(self, value: int) -> None:
         self._book.session_start_remaining = value
+
+    @property
+    def identify_window_s(self) -> float:
+        """The window ``max_concurrency`` counts session starts in (5 s; tests scale it)."""
+        return self._book.identify_window_s
+
+    @identify_window_s.setter
+    def identify_window_s(self, value: float) -> None:
+        self._book.identify_window_s = value
+
+    @property
+    def session_start_reset_after_ms(self) -> int:
+        """``reset_after`` as reported; ``remaining`` returns to ``total`` that long after
+        it is set."""
+        return self._book.reset_after_ms
+
+    @session_start_reset_after_ms.setter
+    def session_start_reset_after_ms(self, value: int) -> None:
+        self._book.reset_after_ms = value
+        self._book.reset_at = time.monotonic() + value / 1000.0
+
+    @property
+    def identify_log(self) -> list[tuple[float, int]]:
+        """Every Identify accepted: (monotonic time, shard id), in order."""
+        return self._book.identify_log
+
+    @property
+    def refused_starts(self) -> list[tuple[float, int, str]]:
+        """Every Identify refused for breaking ``session_start_limit``: (time, shard, why)."""
+        return self._book.refused_log
 
     @property
     def max_concurrency(self) -> int:

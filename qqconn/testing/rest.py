@@ -227,11 +227,11 @@ class RestSide:
             200,
             {
                 "url": gw.ws_url,
-                "shards": 1,
+                "shards": gw.recommended_shards,
                 "session_start_limit": {
                     "total": book.session_start_total,
                     "remaining": book.session_start_remaining,
-                    "reset_after": 86_400_000,
+                    "reset_after": book.reset_after_ms,
                     "max_concurrency": book.max_concurrency,
                 },
             },

@@ -131,6 +131,15 @@ class SessionBook(Generic[S]):
         self.session_start_remaining = session_start_total
         self.max_concurrency = max_concurrency
         self._identify_times: list[float] = []
+        #: The window ``max_concurrency`` counts starts in (tests scale it down).
+        self.identify_window_s: float = CONCURRENCY_WINDOW_S
+        #: What ``/gateway/bot`` reports as ``reset_after``; ``remaining`` comes back to
+        #: ``total`` once that much time has passed since it was set.
+        self.reset_after_ms = 86_400_000
+        self.reset_at = float("inf")
+        #: Every accepted Identify: (monotonic time, shard id); and every refused one.
+        self.identify_log: list[tuple[float, int]] = []
+        self.refused_log: list[tuple[float, int, str]] = []
 
     # -- Identify ----------------------------------------------------------------------------
 
@@ -142,10 +151,27 @@ class SessionBook(Generic[S]):
             return intents
         return None
 
-    def start_refused(self, now: float) -> bool:
-        """True when a session start now exceeds ``remaining`` or ``max_concurrency`` (→ 4008)."""
-        recent = [t for t in self._identify_times if now - t < CONCURRENCY_WINDOW_S]
-        return self.session_start_remaining <= 0 or len(recent) >= self.max_concurrency
+    def start_refused(self, now: float, shard_id: int = 0) -> str | None:
+        """Why a session start of ``shard_id`` now breaks ``session_start_limit`` (→ 4008),
+        or None: ``remaining`` is 0, ``max_concurrency`` starts already happened in the
+        window, or one of the same bucket ``shard_id % max_concurrency`` did."""
+        if now >= self.reset_at:
+            self.session_start_remaining = self.session_start_total
+            self.reset_at = float("inf")
+        if self.session_start_remaining <= 0:
+            return "session_start_limit.remaining is 0"
+        window = self.identify_window_s
+        recent = [(t, s) for t, s in self.identify_log if now - t < window]
+        if len(recent) >= self.max_concurrency:
+            return f"{len(recent)} session starts in the last {window:g} s"
+        bucket = shard_id % self.max_concurrency
+        if any(s % self.max_concurrency == bucket for _, s in recent):
+            return f"bucket {bucket} already started a session in the last {window:g} s"
+        return None
+
+    def note_start(self, now: float, shard_id: int) -> None:
+        """An Identify of ``shard_id`` was accepted at ``now``."""
+        self.identify_log.append((now, shard_id))
 
     def create(self, now: float, *, shard: object, intents: int) -> Session[S]:
         """A new session (``s`` = 1 for READY), now the current one; counts one session start."""

@@ -372,10 +372,16 @@ class WebSocketSide:
             self.close_with(sock, self.fault(sock, "intents_close_code"))
             return
         now = time.monotonic()
-        if self.gw.faults.enforce_session_limit and book.start_refused(now):
+        shard = data.get("shard", [0, 1])
+        shard_id = shard[0] if isinstance(shard, list) and shard and type(shard[0]) is int else 0
+        why = book.start_refused(now, shard_id)
+        if self.gw.faults.enforce_session_limit and why is not None:
+            # Loudly: logged, kept for the test, and closed the way QQ refuses (4008).
+            log.warning("fake_gateway.session_start_refused", shard=shard_id, why=why)
+            book.refused_log.append((now, shard_id, why))
             self.close_with(sock, 4008)
             return
-        shard = data.get("shard", [0, 1])
+        book.note_start(now, shard_id)
         session = book.create(now, shard=shard, intents=intents)
         self.attach(sock, session)
         ready = {
