@@ -183,6 +183,9 @@ SOAK_POLICY = Policy(
     stale_after_intervals=3.0,
     close_timeout_s=0.5,
     max_frame_bytes=64 * 1024,
+    # Scaled like the rest (default 5 s): a step that Identifies three times in a row must not
+    # wait out three real permit windows (docs/behaviour.md rule 17).
+    identify_window_s=0.05,
 )
 
 

@@ -30,6 +30,7 @@ def deadline_reason(*progress: tuple[str, str]) -> str:
     """The reason of the deadline ending of an attempt that reported ``progress`` stages."""
     machine = ConnectionMachine(Policy(connect_timeout_s=20.0))
     machine.handle(ev.Started(0.0))
+    machine.handle(ev.IdentifyPermitted(0.0))  # no session: attempt 1 waits for a permit
     for i, (stage, url) in enumerate(progress):
         machine.handle(ev.ConnectProgressed(1, 0.1 * i, stage, url))
     machine.handle(ev.TimerFired(DEADLINE, 1, 20.0))
@@ -54,6 +55,7 @@ def test_a_deadline_after_the_socket_opened_names_the_step_it_waited_for() -> No
     """No Hello, and no READY after Identify, are worded apart (the machine's own steps)."""
     machine = ConnectionMachine(Policy(connect_timeout_s=20.0))
     machine.handle(ev.Started(0.0))
+    machine.handle(ev.IdentifyPermitted(0.0))  # no session: attempt 1 waits for a permit
     machine.handle(ev.ConnectProgressed(1, 0.0, "handshake", WS_URL))
     machine.handle(ev.SocketOpened(1, 0.5))
     machine.handle(ev.TimerFired(DEADLINE, 1, 20.0))
@@ -71,6 +73,7 @@ def test_a_connect_failure_names_its_stage_and_url() -> None:
     assert ending.reason == f"token failed ({TOKEN_URL}): ConnectError: refused"
     machine = ConnectionMachine()
     machine.handle(ev.Started(0.0))
+    machine.handle(ev.IdentifyPermitted(0.0))
     machine.handle(ev.ConnectFailed(1, 0.1, "gateway", "HTTP 502", url=GATEWAY_URL))
     assert machine.last_ending is not None
     assert machine.last_ending.reason == f"gateway failed ({GATEWAY_URL}): HTTP 502"
@@ -89,12 +92,15 @@ def test_a_long_retry_run_logs_progress_at_a_bounded_rate() -> None:
     now = 0.0
     with capture_logs() as logs:
         machine.handle(ev.Started(now))
+        machine.handle(ev.IdentifyPermitted(now))
         for _ in range(35):  # 35 failures, one every 10 s: 350 s of retrying
             n = machine.attempt
             machine.handle(ev.ConnectFailed(n, now, "token", "ConnectError", url=TOKEN_URL))
             assert machine.next_delay_s == 10.0
             now += 10.0
             machine.handle(ev.TimerFired(ev.Timer.BACKOFF, n, now))
+            assert machine.state is State.AWAITING_PERMIT  # no session: Identify again
+            machine.handle(ev.IdentifyPermitted(now))
     assert machine.state is State.CONNECTING
     lines = [e for e in logs if e["event"] == "qqconn.retrying"]
     assert lines[0]["failed_attempts"] == 1
@@ -110,6 +116,7 @@ def test_no_progress_line_for_the_wait_after_a_live_connection() -> None:
     machine = ConnectionMachine(Policy(backoff_jitter=0.0))
     with capture_logs() as logs:
         machine.handle(ev.Started(0.0))
+        machine.handle(ev.IdentifyPermitted(0.0))
         machine.handle(ev.SocketOpened(1, 0.1))
         machine.handle(ev.HelloReceived(1, 0.2, 41_250))
         from qqconn.testing.events import ready_received

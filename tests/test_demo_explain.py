@@ -23,6 +23,7 @@ def _alive() -> tuple[ConnectionMachine, CapturingLogger]:
     log = CapturingLogger()
     m = ConnectionMachine(demo_policy(), rng=random.Random(0), logger=log)
     m.handle(ev.Started(0.0))
+    m.handle(ev.IdentifyPermitted(0.0))  # no session: the Identify waits for a permit
     m.handle(ev.SocketOpened(1, 0.0))
     m.handle(ev.HelloReceived(1, 0.0, HELLO_MS))
     m.handle(ready_received(1, 0.0))
@@ -94,12 +95,15 @@ def test_the_backoff_rung_follows_the_failed_attempts_and_stays_on_the_last() ->
     """Connect failures in a row: backoff_s[0], [1], [2], then [2] again (the last repeats)."""
     m = ConnectionMachine(demo_policy(), rng=random.Random(0), logger=CapturingLogger())
     m.handle(ev.Started(0.0))
+    m.handle(ev.IdentifyPermitted(0.0))
     seen = []
     for n in range(1, 5):
         m.handle(ev.ConnectFailed(n, float(n), "token", "HTTP 503"))
         assert m.state is State.BACKOFF and m.failed_attempts == n
         seen.append(describe_wait(m).split(" ±")[0])
         m.handle(ev.TimerFired(ev.Timer.BACKOFF, n, n + 0.5))
+        assert m.state is State.AWAITING_PERMIT  # still no session: each retry Identifies
+        m.handle(ev.IdentifyPermitted(n + 0.5))
     assert seen == [
         "backoff_s[0] = 0.1 s",
         "backoff_s[1] = 0.2 s",

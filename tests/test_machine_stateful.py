@@ -47,7 +47,12 @@ HELLO_INTERVALS: list[object] = [
 ]  # fmt: skip
 POLICIES = [
     Policy(),
-    Policy(max_reconnect_attempts=4, max_quick_disconnects=2, connect_timeout_s=8.0),
+    Policy(
+        max_reconnect_attempts=4,
+        max_quick_disconnects=2,
+        connect_timeout_s=8.0,
+        max_identify_refusals=2,
+    ),
     Policy(
         max_reconnect_attempts=6,
         max_resume_failures=2,
@@ -96,6 +101,8 @@ class Expect:
     close: bool = False
     dispatch: cmd.Command | None = None
     checkpoint: bool = False  # a WriteCheckpoint
+    permit: bool = False  # a RequestIdentifyPermit (rule 17)
+    permit_wait: tuple[float, float] | None = None  # a PERMIT timer's delay bounds
 
 
 @dataclass
@@ -119,6 +126,11 @@ class Reference:
     quick: int = 0
     failed: int = 0
     resume_failures: int = 0
+    #: rule 18: Identifies answered with op 9 in a row (READY/RESUMED resets it)
+    identify_refusals: int = 0
+    #: rule 17: the limiter was asked and has not answered; deferrals in a row
+    permit_asked: bool = False
+    permit_deferrals: int = 0
     auth_retry_used: bool = False
     refresh_next: bool = False
     interval: float | None = None
@@ -137,7 +149,35 @@ class Reference:
     def terminal(self) -> bool:
         return self.state in ("fatal", "stopped")
 
+    def next_attempt(self, x: Expect) -> None:
+        """Rule 17: an attempt that will Identify (no session) first waits for a permit; one
+        that will Resume opens at once."""
+        if self.session is None:
+            self.state = "awaiting_permit"
+            self.ask_permit(x)
+        else:
+            self.begin_attempt(x)
+
+    def ask_permit(self, x: Expect) -> None:
+        self.permit_asked = True
+        x.permit = True
+
+    def permit_deferred(self, wait_s: float | None, x: Expect) -> None:
+        """The limiter said not now: wait ``wait_s`` (None: it cannot tell, so the backoff
+        ladder spaces the asking) and ask again; the state file says so."""
+        self.permit_asked = False
+        self.permit_deferrals += 1
+        if wait_s is None:
+            base = self.p.backoff_s[backoff_index(self.permit_deferrals, self.p)]
+            j = self.p.backoff_jitter
+            x.permit_wait = (base * (1 - j), base * (1 + j))
+        else:
+            x.permit_wait = (wait_s, wait_s)
+        x.checkpoint = True
+
     def begin_attempt(self, x: Expect) -> None:
+        self.permit_asked = False
+        self.permit_deferrals = 0
         self.attempt += 1
         self.attempt_open = True
         self.state = "connecting"
@@ -197,10 +237,18 @@ class Reference:
             self.skip_pending = seq
 
     def end(self, now: float, how: str, x: Expect, *, quick: bool = True) -> None:
-        """A connection ended: ``how`` is a reaction() value, or op7 / invalid_true."""
+        """A connection ended: ``how`` is a reaction() value, or op7 / invalid_true /
+        refused (op 9 answering an Identify, rule 18)."""
         if how == "fatal" or (how == "auth" and self.auth_retry_used):
             self.to_fatal(x, retryable=False)
             return
+        if how == "refused":  # rule 18: its own budget, not a quick drop
+            self.identify_refusals += 1
+            if self.identify_refusals >= self.p.max_identify_refusals:
+                event("identify refused: FATAL")
+                self.to_fatal(x, retryable=False)
+                return
+            quick = False
         # Rule 1: every end after the socket opened counts, except op 7 (and fatal, stop).
         if quick and how != "op7" and self.opened_at is not None:
             lived = round(now - self.opened_at, 6)  # the drawn lifetime, without float noise
@@ -213,8 +261,9 @@ class Reference:
         if how == "auth":
             self.auth_retry_used = True
             self.refresh_next = True
-        if how == "identify" or self.resume_failures >= self.p.max_resume_failures:
-            if how != "identify" and self.session is not None:
+        forget = how in ("identify", "refused")
+        if forget or self.resume_failures >= self.p.max_resume_failures:
+            if not forget and self.session is not None:
                 event("session forgotten after failed resumes")
             if self.session is not None:
                 self.handled = None  # a forgotten session is nobody's checkpoint
@@ -264,6 +313,7 @@ class Reference:
         self.reached = True
         self.failed = 0
         self.resume_failures = 0
+        self.identify_refusals = 0
         self.auth_retry_used = False
 
     def heartbeat_due(self, now: float, x: Expect) -> None:
@@ -290,6 +340,7 @@ def other_events(n: int, t: float) -> list[ev.Event]:
         ev.TimerFired(Timer.ACK_DEADLINE, n, t),
         ev.TimerFired(Timer.ATTEMPT_DEADLINE, n, t),
         ev.TimerFired(Timer.BACKOFF, n, t),
+        ev.TimerFired(Timer.PERMIT, n, t),
     ]
 
 
@@ -347,10 +398,17 @@ class ConnectionModel(RuleBasedStateMachine):
         weights["handled"] = 3 if self.host_lane else 0
         if r.state == "backoff":
             weights["fire_backoff"] = 8
+        elif r.state == "awaiting_permit":
+            if r.permit_asked:
+                weights |= {"permit_granted": 6, "permit_deferred": 3}
+            else:
+                weights["fire_permit"] = 8
         elif r.opened_at is None:
             weights |= {"socket_opened": 8, "connect_failed": 1}
         else:
             weights |= {"close": 1, "close_near_threshold": 1, "op9": 1, "op7": 1}
+            if r.state == "identified" and r.sent == "identify":
+                weights["op9"] = 3  # rule 18's refusals, often enough to reach their limit
             again = r.oversized_at is not None and r.oversized_at == (r.session, r.last_seq)
             weights |= {"oversized": 6 if again else 1}
             weights |= {"frame_rejected": 1}
@@ -454,6 +512,17 @@ class ConnectionModel(RuleBasedStateMachine):
         assert deliveries == ([x.dispatch] if x.dispatch else []), got
         writes = [c for c in got if isinstance(c, cmd.WriteCheckpoint)]
         assert len(writes) == (1 if x.checkpoint else 0), got
+        asks = [c for c in got if isinstance(c, cmd.RequestIdentifyPermit)]
+        assert len(asks) == (1 if x.permit else 0), got
+        permit_waits = [
+            c.delay_s for c in got if isinstance(c, cmd.StartTimer) and c.timer is Timer.PERMIT
+        ]
+        if x.permit_wait is None:
+            assert permit_waits == [], got
+        else:
+            low, high = x.permit_wait
+            assert len(permit_waits) == 1, got
+            assert low - 1e-9 <= permit_waits[0] <= high + 1e-9, (permit_waits, x.permit_wait)
         for a in (c for c in got if isinstance(c, cmd.AnnounceState)):
             if a.state == "alive":  # rule 13: alive only after READY/RESUMED
                 assert a.trigger in ("ready", "resumed")
@@ -466,7 +535,7 @@ class ConnectionModel(RuleBasedStateMachine):
     def _start(self, data: st.DataObject) -> None:
         x = Expect()
         self.ref.started = True
-        self.ref.begin_attempt(x)
+        self.ref.next_attempt(x)
         self.feed(ev.Started(self.now), x)
 
     def _stop(self, data: st.DataObject) -> None:
@@ -531,8 +600,25 @@ class ConnectionModel(RuleBasedStateMachine):
     def _fire_backoff(self, data: st.DataObject) -> None:
         x = Expect()
         event = self._fire(Timer.BACKOFF)
-        self.ref.begin_attempt(x)
+        self.ref.next_attempt(x)
         self.feed(event, x)
+
+    def _fire_permit(self, data: st.DataObject) -> None:
+        x = Expect()
+        event = self._fire(Timer.PERMIT)
+        self.ref.ask_permit(x)
+        self.feed(event, x)
+
+    def _permit_granted(self, data: st.DataObject) -> None:
+        x = Expect()
+        self.ref.begin_attempt(x)
+        self.feed(ev.IdentifyPermitted(self.now), x)
+
+    def _permit_deferred(self, data: st.DataObject) -> None:
+        wait = data.draw(st.sampled_from([None, 0.0, 5.1, 30.0, 3600.0]), label="permit wait")
+        x = Expect()
+        self.ref.permit_deferred(wait, x)
+        self.feed(ev.IdentifyPermitDeferred(self.now, wait, "bucket busy"), x)
 
     def _fire_deadline(self, data: st.DataObject) -> None:
         x = Expect()
@@ -637,8 +723,12 @@ class ConnectionModel(RuleBasedStateMachine):
     def _op9(self, data: st.DataObject) -> None:
         resumable = data.draw(st.booleans(), label="op 9 d")
         x = Expect()
-        self.ref.last_frame = self.now
-        self.ref.end(self.now, "invalid_true" if resumable else "identify", x)
+        r = self.ref
+        r.last_frame = self.now
+        if r.state == "identified" and r.sent == "identify":  # it answered our Identify
+            r.end(self.now, "refused", x)
+        else:
+            r.end(self.now, "invalid_true" if resumable else "identify", x)
         self.feed(ev.InvalidSessionReceived(self.ref.attempt, self.now, resumable), x)
 
     def _op7(self, data: st.DataObject) -> None:
@@ -710,6 +800,8 @@ class ConnectionModel(RuleBasedStateMachine):
         assert m.quick_drops == r.quick
         assert m.failed_attempts == r.failed
         assert m.resume_failures == r.resume_failures
+        assert m.identify_refusals == r.identify_refusals
+        assert m.permit_deferrals == r.permit_deferrals
         assert m.session_id == r.session
         assert m.last_seq == r.last_seq
         assert list(m.snapshot_fields()["skipped"]["seqs"]) == r.skipped[-20:]
@@ -723,6 +815,7 @@ class ConnectionModel(RuleBasedStateMachine):
         assert 0 <= m.quick_drops <= p.max_quick_disconnects
         assert 0 <= m.failed_attempts <= p.max_reconnect_attempts
         assert 0 <= m.resume_failures < p.max_resume_failures
+        assert 0 <= m.identify_refusals <= p.max_identify_refusals
 
     @invariant()
     def fatal_is_notified_exactly_once(self) -> None:
@@ -750,6 +843,9 @@ class ConnectionModel(RuleBasedStateMachine):
             assert heartbeat[1] == r.attempt
         assert (Timer.ACK_DEADLINE in self.timers) == (socket_up and r.awaiting_ack)
         assert (Timer.BACKOFF in self.timers) == (r.state == "backoff")
+        # Rule 17: a PERMIT timer exactly while a deferred permit is awaited.
+        waiting = r.state == "awaiting_permit" and not r.permit_asked
+        assert (Timer.PERMIT in self.timers) == waiting
         if Timer.ATTEMPT_DEADLINE in self.timers:
             assert r.state in ("connecting", "identified")
         if r.terminal:

@@ -170,10 +170,12 @@ async def test_status_json_reports_state_counters_and_transitions_with_reasons()
         assert conn["transitions_reported"] is True
         path = [(t["previous"], t["state"], t["trigger"]) for t in reversed(doc["transitions"])]
         assert path == [
+            ("connecting", "awaiting_permit", "start"),  # no session: Identify needs a permit
+            ("awaiting_permit", "connecting", "identify_permitted"),
             ("connecting", "identified", "hello"),
             ("identified", "alive", "ready"),
             ("alive", "backoff", "connection_ended"),
-            ("backoff", "connecting", "backoff_elapsed"),
+            ("backoff", "connecting", "backoff_elapsed"),  # a Resume takes no permit
             ("connecting", "identified", "hello"),
             ("identified", "alive", "resumed"),
         ]

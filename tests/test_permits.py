@@ -344,3 +344,25 @@ async def test_shard_fatal_stop_all_stops_every_shard() -> None:
                 with pytest.raises(FatalError):
                     await task
         assert seen and all(m.machine.is_terminal for m in bot.managers.values())
+
+
+async def test_limiter_a_grant_never_sent_is_handed_back() -> None:
+    """A grant whose attempt ended before its Identify left started no session: the shard asking
+    again gets a permit at once, and the window still runs from the last Identify sent."""
+    clock = Clock()
+    lim = LocalIdentifyLimiter(window_s=5.0, clock=clock)
+    assert lim.answer(0) == Granted()
+    clock.now += 0.2  # shard 0's socket closed before Hello; it asks again after its backoff
+    assert lim.answer(0) == Granted()
+    await lim.identify_sent(0)
+    clock.now += 1.0
+    lim.unused(0)  # after the send: nothing to hand back
+    held = lim.answer(1)
+    assert isinstance(held, Deferred) and held.wait_s == pytest.approx(5.1 - 1.0)
+    clock.now += 5.0
+    assert lim.answer(1) == Granted()
+    lim.unused(1)  # shard 1's attempt failed before Identify
+    assert lim.answer(2) == Granted()  # the bucket counts only what was sent
+    assert isinstance(lim.answer(3), Deferred)  # shard 2's grant holds the bucket meanwhile
+    lim.withdraw(2)  # a stopped shard's unsent grant is handed back too
+    assert lim.answer(3) == Granted()

@@ -49,14 +49,15 @@ def test_a_machines_queued_assess_never_runs_inside_another_machines_trigger() -
     gets its own BACKOFF timer for its own attempt."""
     b = ConnectionMachine(rng=random.Random(1), logger=_Quiet())
     b.handle(ev.Started(0.0))
+    b.handle(ev.IdentifyPermitted(0.0))  # no session: attempt 1 Identifies, after a permit
     inner: list[list[cmd.Command]] = []
 
     class Reentrant:
-        """Feeds B from inside A's first transition log line."""
+        """Feeds B from inside the log line of A's transition into BACKOFF."""
 
         def __getattr__(self, name: str) -> Any:
-            def log(event: str, **_: Any) -> None:
-                if event == "qqconn.transition" and not inner:
+            def log(event: str, **kw: Any) -> None:
+                if event == "qqconn.transition" and kw.get("to") == "BACKOFF" and not inner:
                     inner.append(
                         b.handle(ev.ConnectFailed(1, 0.5, "token", "refused", refused=False))
                     )
@@ -65,6 +66,8 @@ def test_a_machines_queued_assess_never_runs_inside_another_machines_trigger() -
 
     a = ConnectionMachine(rng=random.Random(2), logger=Reentrant())
     a.handle(ev.Started(0.0))
+    a.handle(ev.IdentifyPermitted(0.0))
+    assert not inner and a.state is State.CONNECTING
     outer = a.handle(ev.ConnectFailed(1, 0.5, "token", "refused", refused=False))
     assert b.state is State.BACKOFF and a.state is State.BACKOFF
     assert len(_backoff_commands(inner[0])) == 1  # B's assess ran before B.handle returned
@@ -82,6 +85,7 @@ def test_machines_on_threads_do_not_interleave() -> None:
             Policy(max_reconnect_attempts=30), rng=random.Random(seed), logger=_Quiet()
         )
         m.handle(ev.Started(0.0))
+        m.handle(ev.IdentifyPermitted(0.0))
         t = 0.0
         timers = 0
         for _ in range(40):  # bounded: max_reconnect_attempts is far below this
@@ -92,6 +96,7 @@ def test_machines_on_threads_do_not_interleave() -> None:
             timers += len(_backoff_commands(out))
             if m.state is State.BACKOFF:
                 m.handle(ev.TimerFired(Timer.BACKOFF, m.attempt, t + 0.5))
+                m.handle(ev.IdentifyPermitted(t + 0.5))  # each attempt Identifies: a permit
         return m.state, m.failed_attempts, timers
 
     alone = drive(7)

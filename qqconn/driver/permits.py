@@ -10,6 +10,10 @@ Buckets are ``shard_id % max_concurrency`` (docs/protocol.md §3.2, §9): each b
 Identify through per window, in the order the shards asked, and counts the window from the
 moment the Identify was *sent* (:meth:`~IdentifyLimiter.identify_sent`), not from the grant:
 a token fetch and a handshake lie between the two, and the gateway counts what it receives.
+A grant whose attempt ended before its Identify left (a connect failure, a socket closed before
+Hello) started no session: :meth:`~IdentifyLimiter.unused` hands it back, and the bucket's
+window runs from the last Identify actually sent, so a failing network is paced by the backoff
+ladder, not by the permit window.
 ``session_start_limit.remaining`` of 0 defers every Identify until ``reset_after`` has passed.
 
 :class:`LocalIdentifyLimiter` serves every shard of one process (one per app; share it among
@@ -69,6 +73,10 @@ class IdentifyLimiter(Protocol):
         """``shard_id``'s Identify left now: its bucket's window runs from here."""
         ...
 
+    def unused(self, shard_id: int) -> None:
+        """``shard_id``'s attempt ended without sending the Identify its permit was for."""
+        ...
+
     def observe(self, limit: SessionStartLimit) -> None:
         """``/gateway/bot`` reported this session start limit."""
         ...
@@ -80,7 +88,12 @@ class IdentifyLimiter(Protocol):
 
 @dataclass(slots=True)
 class _Bucket:
+    #: no grant before this (a grant holds the bucket for one window until it is sent or unused)
     next_free: float = float("-inf")
+    #: when the bucket frees counting only the Identifies actually sent
+    sent_free: float = float("-inf")
+    #: the shard holding an unsent grant, if any
+    holder: int | None = None
     queue: list[int] = field(default_factory=list)
     due: dict[int, float] = field(default_factory=dict)
 
@@ -140,6 +153,8 @@ class LocalIdentifyLimiter:
             self._remaining = None  # the daily budget was reset; /gateway/bot will say more
         key, bucket = self._bucket(shard_id)
         window = self.window_s
+        if bucket.holder == shard_id:  # asking again: its earlier grant was never sent
+            self._hand_back(bucket)
         # A shard that was told when to come back and did not (stopped, or gone to Resume)
         # must not hold the others up for ever.
         while (
@@ -155,6 +170,7 @@ class LocalIdentifyLimiter:
             bucket.queue.pop(0)
             bucket.due.pop(shard_id, None)
             bucket.next_free = now + window * (1 + SEND_MARGIN)
+            bucket.holder = shard_id
             if self._remaining is not None:
                 self._remaining -= 1
             self.granted += 1
@@ -172,9 +188,27 @@ class LocalIdentifyLimiter:
 
     async def identify_sent(self, shard_id: int) -> None:
         _, bucket = self._bucket(shard_id)
-        bucket.next_free = max(bucket.next_free, self._clock() + self.window_s * (1 + SEND_MARGIN))
+        sent = self._clock() + self.window_s * (1 + SEND_MARGIN)
+        bucket.sent_free = max(bucket.sent_free, sent)
+        bucket.next_free = max(bucket.next_free, sent)
+        if bucket.holder == shard_id:
+            bucket.holder = None
+
+    def unused(self, shard_id: int) -> None:
+        for bucket in self._buckets.values():  # every bucket: max_concurrency may have changed
+            if bucket.holder == shard_id:
+                self._hand_back(bucket)
+
+    @staticmethod
+    def _hand_back(bucket: _Bucket) -> None:
+        """The holder's grant was never sent: it started no session, so the window runs from
+        the last Identify sent. (``remaining`` stays as counted: the next ``/gateway/bot``
+        reports the gateway's own figure.)"""
+        bucket.holder = None
+        bucket.next_free = bucket.sent_free
 
     def withdraw(self, shard_id: int) -> None:
+        self.unused(shard_id)
         for bucket in self._buckets.values():
             if shard_id in bucket.queue:
                 bucket.queue.remove(shard_id)

@@ -78,8 +78,8 @@ def to_dot(c: Chart) -> str:
     )
     out += [
         f"digraph {_q(TITLE)} {{",
-        "\tgraph [rankdir=TB labelloc=t fontname=Helvetica fontsize=16 nodesep=0.5"
-        f" ranksep=0.55 newrank=true label=<{caption}>]",
+        "\tgraph [rankdir=TB labelloc=t fontname=Helvetica fontsize=16 nodesep=0.2"
+        f" ranksep=1.4 newrank=true label=<{caption}>]",
         '\tnode [fontname=Helvetica shape=box style="rounded,filled" margin="0.1,0.05"]',
         '\tedge [fontname=Helvetica fontsize=11 color="#374151" arrowsize=0.8]',
         '\t__start [label="" shape=circle style=filled fillcolor=black width=0.22 id="start"]',

@@ -21,7 +21,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from qqconn.testing.payloads import compact, random_token
 
-__all__ = ["CONCURRENCY_WINDOW_S", "Session", "SessionBook", "TokenBook"]
+__all__ = ["CONCURRENCY_WINDOW_S", "Session", "SessionBook", "TokenBook", "shard_id_of"]
 
 #: ``max_concurrency`` counts session starts per this many seconds (docs/protocol.md §3.2).
 CONCURRENCY_WINDOW_S: Final = 5.0
@@ -119,6 +119,13 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def shard_id_of(shard: object) -> int:
+    """The shard id of an Identify's ``shard`` field (``[id, count]``); 0 when it is not one."""
+    if isinstance(shard, list) and shard and type(shard[0]) is int:
+        return shard[0]
+    return 0
+
+
 class SessionBook(Generic[S]):
     """Every session the gateway knows, the current one, and the session-start budget."""
 
@@ -130,7 +137,6 @@ class SessionBook(Generic[S]):
         #: Decremented by every successful Identify; reported by ``/gateway/bot``.
         self.session_start_remaining = session_start_total
         self.max_concurrency = max_concurrency
-        self._identify_times: list[float] = []
         #: The window ``max_concurrency`` counts starts in (tests scale it down).
         self.identify_window_s: float = CONCURRENCY_WINDOW_S
         #: What ``/gateway/bot`` reports as ``reset_after``; ``remaining`` comes back to
@@ -169,15 +175,10 @@ class SessionBook(Generic[S]):
             return f"bucket {bucket} already started a session in the last {window:g} s"
         return None
 
-    def note_start(self, now: float, shard_id: int) -> None:
-        """An Identify of ``shard_id`` was accepted at ``now``."""
-        self.identify_log.append((now, shard_id))
-
     def create(self, now: float, *, shard: object, intents: int) -> Session[S]:
-        """A new session (``s`` = 1 for READY), now the current one; counts one session start."""
-        self._identify_times = [
-            t for t in self._identify_times if now - t < CONCURRENCY_WINDOW_S
-        ] + [now]
+        """A new session (``s`` = 1 for READY), now the current one; counts one session start
+        (in ``identify_log``, which :meth:`start_refused` judges the next start by)."""
+        self.identify_log.append((now, shard_id_of(shard)))
         self.session_start_remaining = max(0, self.session_start_remaining - 1)
         session_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         session: Session[S] = Session(session_id=session_id, shard=shard, intents=intents, seq=1)

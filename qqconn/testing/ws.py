@@ -29,7 +29,7 @@ from qqconn.protocol import OpCode
 from qqconn.testing.faults import MISSING, NO_OVERRIDE
 from qqconn.testing.payloads import compact
 from qqconn.testing.records import ConnectionRecord, FrameRecord
-from qqconn.testing.sessions import Session
+from qqconn.testing.sessions import Session, shard_id_of
 from qqconn.testing.sockets import FakeServerConnection, Outgoing, Socket, wait_closed
 
 if TYPE_CHECKING:
@@ -373,7 +373,7 @@ class WebSocketSide:
             return
         now = time.monotonic()
         shard = data.get("shard", [0, 1])
-        shard_id = shard[0] if isinstance(shard, list) and shard and type(shard[0]) is int else 0
+        shard_id = shard_id_of(shard)
         why = book.start_refused(now, shard_id)
         if self.gw.faults.enforce_session_limit and why is not None:
             # Loudly: logged, kept for the test, and closed the way QQ refuses (4008).
@@ -381,7 +381,6 @@ class WebSocketSide:
             book.refused_log.append((now, shard_id, why))
             self.close_with(sock, 4008)
             return
-        book.note_start(now, shard_id)
         session = book.create(now, shard=shard, intents=intents)
         self.attach(sock, session)
         ready = {
