@@ -32,10 +32,12 @@ import structlog
 
 from qqconn import protocol as proto
 from qqconn._log import QuietLogger
+from qqconn.driver.apps import shared_app
 from qqconn.driver.host import StateChange
 from qqconn.driver.manager import DEFAULT_API_BASE, ConnectionManager
 from qqconn.driver.permits import IdentifyLimiter, LocalIdentifyLimiter
-from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource, tls_context
+from qqconn.driver.statefile import CheckpointStore
+from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource
 from qqconn.errors import ConfigError, FatalError
 from qqconn.machine import State
 from qqconn.policy import Policy
@@ -58,8 +60,8 @@ class BotShards:
 
     ``shards``: ``"auto"`` (what ``/gateway/bot`` recommends) or a count. ``shard_ids``: the
     ids this process runs (default all of ``range(count)``; give a subset to spread one bot's
-    shards over processes, then share a Redis limiter, ``permits=``). Callbacks get the shard
-    id first. ``state_dir``: one state file per shard, ``shard-<id>.json``.
+    shards over processes, then share a Redis limiter, ``permits=``, and a checkpoint store,
+    ``checkpoints=``: ``qqconn.redis``). Callbacks get the shard id first. ``state_dir``: one state file per shard, ``shard-<id>.json``.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class BotShards:
         on_shard_fatal: ShardFatalPolicy = "stop_all",
         state_dir: str | os.PathLike[str] | None = None,
         permits: IdentifyLimiter | None = None,
+        checkpoints: CheckpointStore | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if shards != "auto" and (
@@ -109,6 +112,7 @@ class BotShards:
             if permits is not None
             else LocalIdentifyLimiter(window_s=self.policy.identify_window_s, clock=clock)
         )
+        self.checkpoints = checkpoints
         self._clock = clock
         self._log = QuietLogger(structlog.get_logger("qqconn")).bind(app_id=app_id)
         #: The managers, by shard id, once :meth:`run` has read the shard count.
@@ -150,16 +154,15 @@ class BotShards:
     async def run(self) -> None:
         """Read ``/gateway/bot``, start every shard, run until :meth:`stop` or a FATAL that
         ends the whole (``on_shard_fatal``)."""
-        timeout = httpx.Timeout(self.policy.connect_timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, verify=tls_context()) as http:
-            tokens = TokenSource(
-                http,
-                self.token_url,
-                self.app_id,
-                self._secret,
-                self._clock,
-                self.policy.token_refresh_margin_s,
-            )
+        async with shared_app(
+            app_id=self.app_id,
+            secret=self._secret,
+            token_url=self.token_url,
+            clock=self._clock,
+            margin_s=self.policy.token_refresh_margin_s,
+            timeout_s=self.policy.connect_timeout_s,
+        ) as link:
+            http, tokens = link.http, link.tokens
             count = await self._shard_count(http, tokens)
             self.count = count
             ids = self._shard_ids if self._shard_ids is not None else list(range(count))
@@ -231,6 +234,7 @@ class BotShards:
             state_file=state_file,
             clock=self._clock,
             permits=self.permits,
+            checkpoints=self.checkpoints,
             http=http,
             tokens=tokens,
         )
