@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "RedisCheckpoints",
     "RedisIdentifyLimiter",
+    "check_url",
     "redis_client",
 ]
 
@@ -76,11 +77,7 @@ def redis_client(url: str, *, timeout_s: float = CALL_TIMEOUT_S) -> aioredis.Red
     """A redis-py asyncio client for ``url`` (``redis://host:port/db``, ``rediss://``,
     ``unix://``) whose calls fail within ``timeout_s`` and never retry on their own.
     Raises :class:`~qqconn.errors.ConfigError` for a URL it cannot use. Connects lazily."""
-    parts = urlsplit(url)
-    if parts.scheme not in _SCHEMES:
-        raise ConfigError("redis", f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError("redis", f"{url!r} names no host (e.g. redis://127.0.0.1:6379/0)")
+    check_url(url)
     try:
         return aioredis.Redis.from_url(
             url,
@@ -91,6 +88,23 @@ def redis_client(url: str, *, timeout_s: float = CALL_TIMEOUT_S) -> aioredis.Red
         )
     except ValueError as exc:
         raise ConfigError("redis", f"{url!r}: {exc}") from None
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is a Redis URL :func:`redis_client` can use, else
+    :class:`~qqconn.errors.ConfigError` (field ``redis``) saying why."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError("redis", f"{url!r}: {exc}") from None
+    if parts.scheme not in _SCHEMES:
+        raise ConfigError("redis", f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError("redis", f"{url!r} names no host (e.g. redis://127.0.0.1:6379/0)")
+    if port == 0:
+        raise ConfigError("redis", f"{url!r}: port 0 is no port")
+    return url
 
 
 def _check_app(app_id: object) -> str:

@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from qqconn.driver.statefile import CheckpointStore
 from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource
 from qqconn.errors import ConfigError, FatalError
 from qqconn.machine import State
+from qqconn.metrics import Metrics
 from qqconn.policy import Policy
 from qqconn.protocol import Dispatch
 
@@ -82,6 +84,8 @@ class BotShards:
         state_dir: str | os.PathLike[str] | None = None,
         permits: IdentifyLimiter | None = None,
         checkpoints: CheckpointStore | None = None,
+        metrics: Metrics | None = None,
+        resume_from: Mapping[int, tuple[str, int | None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if shards != "auto" and (
@@ -113,6 +117,8 @@ class BotShards:
             else LocalIdentifyLimiter(window_s=self.policy.identify_window_s, clock=clock)
         )
         self.checkpoints = checkpoints
+        self.metrics = metrics
+        self._resume_from = dict(resume_from or {})
         self._clock = clock
         self._log = QuietLogger(structlog.get_logger("qqconn")).bind(app_id=app_id)
         #: The managers, by shard id, once :meth:`run` has read the shard count.
@@ -139,6 +145,17 @@ class BotShards:
             "state": "alive" if self.managers and alive == len(self.managers) else "degraded",
             "shards": snaps,
         }
+
+    def state_document(self) -> dict[str, Any]:
+        """:meth:`snapshot` as a state file (``qqconn run --shards --state-file``): with
+        ``updated_at`` / ``updated_at_unix``; ``qqconn status`` judges every shard in it."""
+        doc = self.snapshot()
+        now = time.time()
+        doc["updated_at"] = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        doc["updated_at_unix"] = now
+        if not self.managers:
+            doc["state"] = "starting"
+        return doc
 
     @property
     def all_alive(self) -> bool:
@@ -235,6 +252,8 @@ class BotShards:
             clock=self._clock,
             permits=self.permits,
             checkpoints=self.checkpoints,
+            metrics=self.metrics,
+            resume_from=self._resume_from.get(shard_id),
             http=http,
             tokens=tokens,
         )
