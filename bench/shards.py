@@ -135,7 +135,7 @@ def measure(reps: int = 3, window_s: float = WINDOW_S) -> dict[str, Any]:
 
 def markdown(r: dict[str, Any]) -> str:
     lines = [
-        f"{r['shards']} shards brought to ALIVE by one `BotShards` (`shards=\"auto\"`) against "
+        f'{r["shards"]} shards brought to ALIVE by one `BotShards` (`shards="auto"`) against '
         f"the fake gateway enforcing `session_start_limit`, window scaled to "
         f"{r['window_s']:g} s; median of {len(next(iter(r['cases'].values()))['seconds'])} "
         f"runs. One shard alone comes up in {r['one_shard_alive_s'] * 1000:.0f} ms "

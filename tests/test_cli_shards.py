@@ -167,9 +167,7 @@ def test_status_of_several_shards_needs_every_one_alive(tmp_path: Path) -> None:
             str(i): {"state": s, "heartbeat_interval_s": 41.25, "updated_at_unix": now - 500}
             for i, s in enumerate(states)
         }
-        return json.dumps(
-            {"state": "alive", "shards": shards, "updated_at_unix": now, "alive": 0}
-        )
+        return json.dumps({"state": "alive", "shards": shards, "updated_at_unix": now, "alive": 0})
 
     assert judge(doc(["alive", "alive"]), now_unix=now, max_age_s=None).healthy
     health = judge(doc(["alive", "resuming"]), now_unix=now, max_age_s=None)
@@ -219,7 +217,7 @@ async def test_two_processes_sharing_redis_never_identify_in_one_window(
         await a.until(alive, timeout=20)
         for round_ in (1, 2):
             await gw.send_invalid_session(False)
-            await a.until(lambda: len(gw.identify_log) == 2 + 2 * round_, timeout=20)
+            await a.until(lambda n=2 + 2 * round_: len(gw.identify_log) == n, timeout=20)
             await a.until(alive, timeout=20)
         _never_two_in_a_window(gw)
         assert sorted(s for _, s in gw.identify_log) == [0, 0, 0, 1, 1, 1]
