@@ -489,6 +489,10 @@ def render(r: dict[str, Any]) -> str:
     if hook:
         w("## Item 8: the webhook transport (bench/webhook.py)\n")
         w((hook.get("markdown") or f"not measured: {hook.get('error')}") + "\n")
+    shards = r.get("shards")
+    if shards:
+        w("## Item 9: shards under the identify limit (bench/shards.py)\n")
+        w((shards.get("markdown") or f"not measured: {shards.get('error')}") + "\n")
     prof = r.get("profile", {})
     if prof.get("throughput_profile"):
         w("## Profile of the qqconn client during a burst (py-spy, this run)\n")

@@ -441,6 +441,32 @@ def item_webhook(cfg: Config) -> dict[str, Any]:
     return result
 
 
+def item_shards(cfg: Config) -> dict[str, Any]:
+    """Item 9: 16 shards to ALIVE under the identify limit (bench/shards.py), as a ratio to
+    the windows the limit makes them wait."""
+    eprint("[9] shards: 16 shards to ALIVE with max_concurrency 1 and 4, against the limit")
+    out = RESULTS / "shards-latest.json"
+    reps = "1" if cfg is QUICK else "3"
+    try:
+        done = subprocess.run(
+            [PY, str(BENCH / "shards.py"), "--reps", reps, "--json", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "bench/shards.py timed out (600 s)"}
+    if done.returncode != 0 or not out.exists():
+        return {
+            "error": f"bench/shards.py failed (exit {done.returncode})",
+            "stderr": done.stderr[-2000:],
+        }
+    result = json.loads(out.read_text())
+    result["markdown"] = done.stdout.strip()
+    return result
+
+
 def item_profile(cfg: Config, stamp: str) -> dict[str, Any]:
     """py-spy on one qqconn burst, and the memory of a manager's parts."""
     eprint("[profile] py-spy on a qqconn burst; memory per part")
@@ -474,8 +500,8 @@ def main() -> None:
     )
     ap.add_argument(
         "--only",
-        default="1,2,3,4,5,6,7,8",
-        help="comma list of items (7 = peers' long windows, 8 = webhook transport)",
+        default="1,2,3,4,5,6,7,8,9",
+        help="comma list of items (7 = peers' long windows, 8 = webhook transport, 9 = shards)",
     )
     a = ap.parse_args()
     cfg = QUICK if a.quick else FULL
@@ -511,6 +537,8 @@ def main() -> None:
         results["machine"] = item_machine(cfg)
     if "8" in only:
         results["webhook"] = item_webhook(cfg)
+    if "9" in only:
+        results["shards"] = item_shards(cfg)
     if not a.no_profile and not a.quick:
         results["profile"] = item_profile(cfg, stamp)
     results["loadavg_end"] = loadavg()

@@ -213,7 +213,8 @@ async def test_run_prints_dispatches_and_exits_0_on_sigterm(tmp_path: Path) -> N
         status = await p.exit_status()
         assert status == 0, p.err
         lines = [json.loads(line) for line in p.stdout]
-        assert all(set(doc) == {"s", "t", "id", "d"} for doc in lines)
+        assert all(set(doc) == {"shard", "s", "t", "id", "d"} for doc in lines)
+        assert all(doc["shard"] == 0 for doc in lines)
         assert lines[0]["t"] == "READY" and lines[0]["s"] == 1
         assert [doc["s"] for doc in lines[1:]] == gw.accepted()
         assert [doc["d"]["content"] for doc in lines[1:]] == ["hi 0", "hi 1", "hi 2"]

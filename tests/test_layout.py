@@ -54,6 +54,7 @@ SHELL = (
     "metrics",
     "ops",
     "webhook",
+    "redis",
 )
 
 #: Modules the core may not import (a prefix matches its submodules too).

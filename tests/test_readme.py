@@ -127,3 +127,80 @@ def test_testing_example_passes_in_strict_mode(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "1 passed" in result.stdout
+
+
+def _section_blocks(title: str) -> list[str]:
+    section = README.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+async def test_shards_examples_run_against_the_fake() -> None:
+    """The README's sharded examples, as written: every recommended shard comes up and
+    prints its events; the tenants runner ends a banned bot only; the Redis shard is built
+    on the Redis objects."""
+    import asyncio
+    import contextlib
+    import io
+
+    from qqconn.testing import FakeGateway, fast_policy
+
+    shards_code, tenants_code, redis_code = _section_blocks("Shards: one bot, many connections")
+    namespace: dict[str, object] = {"__name__": "readme_shards"}
+    for code in (shards_code, tenants_code, redis_code):
+        exec(compile(code, "README.md", "exec"), namespace)
+    out = io.StringIO()
+    async with FakeGateway(heartbeat_interval_ms=300) as gw:
+        gw.recommended_shards = 2
+        stop = asyncio.Event()
+        with contextlib.redirect_stdout(out):
+            task = asyncio.create_task(
+                namespace["run_shards"](  # type: ignore[operator]
+                    gw.app_id,
+                    gw.client_secret,
+                    stop,
+                    api_base=gw.api_base,
+                    token_url=gw.token_url,
+                    policy=fast_policy(),
+                )
+            )
+            async with asyncio.timeout(15):
+                while out.getvalue().count("READY") < 2:
+                    await asyncio.sleep(0.02)
+            shard, _ = await gw.dispatch_guild("AT_MESSAGE_CREATE", 1 << 22)
+            async with asyncio.timeout(5):
+                while "AT_MESSAGE_CREATE" not in out.getvalue():
+                    await asyncio.sleep(0.02)
+            stop.set()
+            async with asyncio.timeout(10):
+                assert await task == 2
+        assert f"shard {shard}: AT_MESSAGE_CREATE" in out.getvalue()
+
+        from qqconn import BotShards
+
+        banned = BotShards(
+            app_id=gw.app_id,
+            client_secret=gw.client_secret,
+            intents=1 << 30,
+            shards=1,
+            policy=fast_policy(),
+            api_base=gw.api_base,
+            token_url=gw.token_url,
+        )
+        with contextlib.redirect_stdout(out):
+            task = asyncio.create_task(namespace["run_tenants"]([banned]))  # type: ignore[operator]
+            async with asyncio.timeout(10):
+                while not banned.all_alive:
+                    await asyncio.sleep(0.02)
+            await gw.close(4915)
+            async with asyncio.timeout(10):
+                await task
+        assert f"bot {gw.app_id} gave up" in out.getvalue()
+
+    manager, client = namespace["redis_shard"](  # type: ignore[operator]
+        "102", "s3cret", 1 << 30, (0, 2), "redis://127.0.0.1:6379/0"
+    )
+    from qqconn.redis import RedisCheckpoints, RedisIdentifyLimiter
+
+    assert isinstance(manager.permits, RedisIdentifyLimiter)
+    assert isinstance(manager.checkpoints, RedisCheckpoints)
+    await client.aclose()

@@ -35,6 +35,9 @@ TOOLS: dict[str, Tool] = {
         "the headless browser of the status-page test",
         "chromium",
     ),
+    "redis-server": Tool(
+        ("redis-server",), "the Redis the shard limiter and checkpoint tests run", "redis-server"
+    ),
 }
 
 

@@ -21,28 +21,43 @@ from qqconn.checkpoint import judge_output
 if TYPE_CHECKING:
     from qqconn.protocol import Dispatch
 
-__all__ = ["EventSink", "output_checkpoint"]
+__all__ = ["EventSink", "output_checkpoint", "output_checkpoints"]
 
 
 class EventSink:
-    """Writes each dispatch as one JSON line (``{"s", "t", "id", "d"}``) and flushes it.
+    """Writes each dispatch as one JSON line (``{"s", "t", "id", "d"}``, and ``"shard"``
+    first when the sink was given one or :meth:`write_shard` is used) and flushes it.
 
     When the reader of the stream goes away (a closed pipe), the sink stops writing, points the
     descriptor at /dev/null (so nothing later spins on EPIPE), logs once and calls
     ``on_closed``: the run stops cleanly instead of losing events silently.
     """
 
-    def __init__(self, stream: TextIO, log: Any, *, on_closed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        log: Any,
+        *,
+        on_closed: Callable[[], None],
+        shard: int | None = None,
+    ) -> None:
         self.stream = stream
+        self.shard = shard
         self.closed = False
         self._log = log
         self._on_closed = on_closed
 
     def write(self, d: Dispatch) -> None:
+        self.write_shard(self.shard, d)
+
+    def write_shard(self, shard: int | None, d: Dispatch) -> None:
+        """One line for shard ``shard``'s dispatch (None: a line without ``"shard"``)."""
         if self.closed:
             return
+        doc: dict[str, Any] = {} if shard is None else {"shard": shard}
+        doc.update(s=d.seq, t=d.type, id=d.event_id, d=d.data)
         line = json.dumps(
-            {"s": d.seq, "t": d.type, "id": d.event_id, "d": d.data},
+            doc,
             ensure_ascii=False,
             separators=(",", ":"),
             default=str,
@@ -59,9 +74,12 @@ class EventSink:
 
 
 def output_checkpoint(
-    path: Path, resume_window_s: float, log: Any
+    path: Path, resume_window_s: float, log: Any, *, shard: int | None = None
 ) -> tuple[str, int | None] | None:
     """The resume checkpoint an ``--output`` file holds, as ``(session_id, last_seq)``.
+
+    ``shard``: only the lines of that shard count (lines whose ``"shard"`` is that id, and
+    lines without one, as written before lines carried it): several shards share one file.
 
     The verdict is :func:`qqconn.checkpoint.judge_output`'s (the session of the last READY
     line, the ``s`` of the last complete line). A torn last line (the process died mid-write)
@@ -75,12 +93,45 @@ def output_checkpoint(
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return None
-    verdict = judge_output(data, age_s=age, resume_window_s=resume_window_s)
-    if verdict.torn_bytes:
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
         with path.open("r+b") as fh:
-            fh.truncate(len(data) - verdict.torn_bytes)
-        log.warning("qqconn.cli.output_torn_line_removed", bytes=verdict.torn_bytes)
+            fh.truncate(len(complete))
+        log.warning("qqconn.cli.output_torn_line_removed", bytes=len(data) - len(complete))
+    if shard is not None:
+        complete = b"".join(line for line in complete.splitlines(True) if _of_shard(line, shard))
+    verdict = judge_output(complete, age_s=age, resume_window_s=resume_window_s)
     if verdict.resumable is None:
         log.info("qqconn.cli.output_not_resumable", reason=verdict.why_not, path=str(path))
         return None
     return verdict.resumable.session_id, verdict.resumable.last_seq
+
+
+def output_checkpoints(
+    path: Path, resume_window_s: float, log: Any
+) -> dict[int, tuple[str, int | None]]:
+    """:func:`output_checkpoint` of every shard with a line in the file (``--shards``)."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return {}
+    ids: set[int] = set()
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            doc = json.loads(line)
+            if isinstance(doc, dict) and type(doc.get("shard")) is int:
+                ids.add(doc["shard"])
+    found = {}
+    for shard in sorted(ids):
+        checkpoint = output_checkpoint(path, resume_window_s, log, shard=shard)
+        if checkpoint is not None:
+            found[shard] = checkpoint
+    return found
+
+
+def _of_shard(line: bytes, shard: int) -> bool:
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return True  # judge_output names the unreadable line
+    return not isinstance(doc, dict) or doc.get("shard", shard) == shard

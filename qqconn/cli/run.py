@@ -37,7 +37,7 @@ from qqconn.cli.options import (
     parse_shard,
     positive_float,
 )
-from qqconn.cli.output import EventSink, output_checkpoint
+from qqconn.cli.output import EventSink, output_checkpoint, output_checkpoints
 from qqconn.cli.secrets import ENV_SECRET, read_secret
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def add_parser(sub: Any) -> None:
         "run",
         help="connect for real: one JSON line per event on stdout, logs on stderr",
         description="Connect to the QQ gateway and keep the connection alive. Prints one JSON "
-        'object per dispatch ({"s", "t", "id", "d"}) on stdout, logs on stderr. The secret comes '
+        'object per dispatch ({"shard", "s", "t", "id", "d"}) on stdout, logs on stderr. The secret comes '
         f"from ${ENV_SECRET} or --secret-file, never from the command line. Exit: 0 stopped by "
         "SIGINT/SIGTERM, 75 FATAL retryable, 78 FATAL not retryable, 2 usage/config error.",
         allow_abbrev=False,
@@ -75,7 +75,21 @@ def add_parser(sub: Any) -> None:
         f"(default: {DEFAULT_INTENTS})",
     )
     run.add_argument(
-        "--shard", default="0/1", metavar="ID/COUNT", help="shard to connect (default: 0/1)"
+        "--shard", default=None, metavar="ID/COUNT", help="the one shard to connect (default: 0/1)"
+    )
+    run.add_argument(
+        "--shards",
+        metavar="auto|N",
+        help="connect every shard of the bot in this process: auto (the count /gateway/bot "
+        "recommends) or N; with several shards --state-file holds them all (qqconn status "
+        "is healthy only when every shard is alive). Not with --shard",
+    )
+    run.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the identify limiter and the resume checkpoints with every process of "
+        "this bot through Redis (redis://HOST:PORT/DB); a shard restarted elsewhere Resumes "
+        "from it; needs qqconn[redis]",
     )
     run.add_argument(
         "--config", metavar="FILE", help="TOML file with a [policy] table (Policy field names)"
@@ -138,6 +152,10 @@ class RunOptions:
     http: tuple[str, int] | None
     log_format: str
     log_level: str
+    #: ``--shards``: "auto", a count, or None (one shard, ``shard``).
+    shards: int | str | None = None
+    #: ``--redis``: the Redis URL (None: this process's own limiter, the state file only).
+    redis: str | None = None
 
     def __repr__(self) -> str:  # never the secret
         return f"RunOptions(app_id={self.app_id!r}, shard={self.shard}, intents={self.intents})"
@@ -170,7 +188,11 @@ def run_options(args: argparse.Namespace, env: Mapping[str, str]) -> RunOptions:
         intents = Intents.parse(args.intents)
     except ValueError as exc:
         raise UsageError(f"--intents: {exc}") from None
-    shard = parse_shard(args.shard)
+    if args.shards is not None and args.shard is not None:
+        raise UsageError("--shards and --shard do not go together: pick one")
+    shard = parse_shard(args.shard or "0/1")
+    shards = _parse_shards(args.shards) if args.shards is not None else None
+    redis = _check_redis(args.redis) if args.redis is not None else None
     policy = load_policy(args.config) if args.config else Policy()
     _check_url("--api-base", args.api_base)
     _check_url("--token-url", args.token_url)
@@ -196,7 +218,41 @@ def run_options(args: argparse.Namespace, env: Mapping[str, str]) -> RunOptions:
         http=http,
         log_format=args.log_format,
         log_level=args.log_level,
+        shards=shards,
+        redis=redis,
     )
+
+
+def _parse_shards(text: str) -> int | str:
+    """``--shards auto|N``."""
+    from qqconn.driver.shards import MAX_SHARDS
+
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        count = int(text)
+    except ValueError:
+        raise UsageError(f"--shards: expected auto or a count such as 4, got {text!r}") from None
+    if not 1 <= count <= MAX_SHARDS:
+        raise UsageError(f"--shards: need 1 ≤ N ≤ {MAX_SHARDS}, got {text!r}")
+    return count
+
+
+def _check_redis(url: str) -> str:
+    """``--redis URL``: a usable URL, and redis-py installed (else a usage error)."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--redis: needs the Python package 'redis': pip install 'qqconn[redis]'"
+        ) from None
+    from qqconn.errors import ConfigError
+    from qqconn.redis import check_url
+
+    try:
+        return check_url(url)
+    except ConfigError as exc:
+        raise UsageError(f"--redis: {str(exc).removeprefix('redis: ')}") from None
 
 
 def _check_http(text: str) -> tuple[str, int]:
@@ -232,14 +288,22 @@ async def _run(opts: RunOptions) -> int:
     import structlog
 
     from qqconn.driver import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, ConnectionManager
+    from qqconn.driver.shards import BotShards
     from qqconn.errors import ConfigError, FatalError
 
     log = structlog.get_logger("qqconn.cli")
     stream: TextIO = sys.stdout
-    checkpoint = None
+    several = opts.shards is not None
+    resume_from = None
+    resumes: dict[int, tuple[str, int | None]] = {}
     if opts.output is not None:
         try:
-            checkpoint = output_checkpoint(opts.output, opts.policy.resume_window_s, log)
+            if several:
+                resumes = output_checkpoints(opts.output, opts.policy.resume_window_s, log)
+            else:
+                resume_from = output_checkpoint(
+                    opts.output, opts.policy.resume_window_s, log, shard=opts.shard[0]
+                )
             stream = opts.output.open("a", encoding="utf-8")
         except OSError as exc:  # the path changed since it was checked
             print(
@@ -249,10 +313,11 @@ async def _run(opts: RunOptions) -> int:
             return EXIT_USAGE
     stopping: list[asyncio.Task[None]] = []
     loop = asyncio.get_running_loop()
+    runner: Any = None  # the ConnectionManager, or the BotShards
 
     def stop() -> None:
-        if not stopping:
-            stopping.append(loop.create_task(mgr.stop(), name="qqconn-cli-stop"))
+        if not stopping and runner is not None:
+            stopping.append(loop.create_task(runner.stop(), name="qqconn-cli-stop"))
 
     def on_signal(signame: str) -> None:
         if stopping:
@@ -261,7 +326,7 @@ async def _run(opts: RunOptions) -> int:
         log.info("qqconn.cli.stopping", signal=signame)
         stop()
 
-    sink = EventSink(stream, log, on_closed=stop)
+    sink = EventSink(stream, log, on_closed=stop, shard=opts.shard[0])
     ops = metrics = None
     if opts.http is not None:
         from qqconn.metrics import Metrics
@@ -277,44 +342,72 @@ async def _run(opts: RunOptions) -> int:
                 stream.close()
             return EXIT_USAGE
         log.info("qqconn.cli.http", url=ops.url)
+    shared = _Shared(opts)
+    common: dict[str, Any] = {
+        "app_id": opts.app_id,
+        "client_secret": opts.secret,
+        "intents": opts.intents,
+        "policy": opts.policy,
+        "api_base": opts.api_base or DEFAULT_API_BASE,
+        "token_url": opts.token_url or DEFAULT_TOKEN_URL,
+        "metrics": metrics,
+        "permits": shared.permits,
+        "checkpoints": shared.checkpoints,
+    }
     try:
-        mgr = ConnectionManager(
-            app_id=opts.app_id,
-            client_secret=opts.secret,
-            intents=opts.intents,
-            shard=opts.shard,
-            policy=opts.policy,
-            api_base=opts.api_base or DEFAULT_API_BASE,
-            token_url=opts.token_url or DEFAULT_TOKEN_URL,
-            on_dispatch=sink.write,
-            on_state_change=ops.on_state_change if ops is not None else None,
-            state_file=opts.state_file,
-            resume_from=checkpoint,
-            metrics=metrics,
-        )
+        if several:
+            runner = BotShards(
+                shards=opts.shards,  # type: ignore[arg-type]
+                on_dispatch=sink.write_shard,
+                on_state_change=_shard_changes(ops, opts.state_file, lambda: runner),
+                on_shard_fatal="stop_all",
+                resume_from=resumes,
+                **common,
+            )
+        else:
+            runner = ConnectionManager(
+                shard=opts.shard,
+                on_dispatch=sink.write,
+                on_state_change=ops.on_state_change if ops is not None else None,
+                state_file=opts.state_file,
+                resume_from=resume_from,
+                **common,
+            )
     except ConfigError as exc:
         print(f"qqconn run: {exc}", file=sys.stderr)
         if ops is not None:
             await ops.stop()
+        await shared.aclose()
         return EXIT_USAGE
-    if ops is not None:
-        ops.watch(mgr)  # the manager feeds the metrics itself
+    if ops is not None and not several:
+        ops.watch(runner)  # the manager feeds the metrics itself
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    refresher = None
-    if opts.state_file is not None and opts.state_refresh_s > 0:
-        refresher = loop.create_task(
-            _refresh_state_file(mgr, opts.state_refresh_s), name="qqconn-cli-state-refresh"
+    helpers: list[asyncio.Task[None]] = []
+    if several:
+        helpers.append(
+            loop.create_task(
+                _watch_shards(runner, ops, opts, stream if opts.output is not None else None, log),
+                name="qqconn-cli-shards",
+            )
+        )
+    elif opts.state_file is not None and opts.state_refresh_s > 0:
+        helpers.append(
+            loop.create_task(
+                _refresh_state_file(runner, opts.state_refresh_s), name="qqconn-cli-state-refresh"
+            )
         )
     log.info(
         "qqconn.cli.started",
-        shard=f"{opts.shard[0]}/{opts.shard[1]}",
+        shard=f"{opts.shard[0]}/{opts.shard[1]}" if not several else None,
+        shards=opts.shards,
         intents=opts.intents,
         state_file=str(opts.state_file) if opts.state_file else None,
+        redis=opts.redis is not None,
     )
     try:
-        await mgr.run()
+        await runner.run()
     except FatalError as exc:
         status = EXIT_FATAL_RETRYABLE if exc.retryable else EXIT_FATAL_PERMANENT
         log.error(
@@ -326,12 +419,14 @@ async def _run(opts: RunOptions) -> int:
         )
         return status
     finally:
+        for task in helpers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if several and opts.state_file is not None:
+            _write_shards_file(runner, opts.state_file, log)
         if stream is not sys.stdout:
             stream.close()
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         for task in stopping:
@@ -339,9 +434,77 @@ async def _run(opts: RunOptions) -> int:
                 await task
         if ops is not None:
             await ops.stop()
+        await shared.aclose()
     status = EXIT_STDOUT_CLOSED if sink.closed else EXIT_OK
-    log.info("qqconn.cli.exit", status=status, state=mgr.state.value)
+    state = runner.snapshot()["state"] if several else runner.state.value
+    log.info("qqconn.cli.exit", status=status, state=state)
     return status
+
+
+class _Shared:
+    """``--redis``: the limiter and the checkpoint store every process of the bot shares."""
+
+    def __init__(self, opts: RunOptions) -> None:
+        self.permits: Any = None
+        self.checkpoints: Any = None
+        self._client: Any = None
+        if opts.redis is None:
+            return
+        from qqconn.redis import RedisCheckpoints, RedisIdentifyLimiter, redis_client
+
+        self._client = redis_client(opts.redis)
+        self.permits = RedisIdentifyLimiter(
+            self._client, app_id=opts.app_id, window_s=opts.policy.identify_window_s
+        )
+        self.checkpoints = RedisCheckpoints(
+            self._client, ttl_s=max(opts.policy.resume_window_s, 60.0)
+        )
+
+    async def aclose(self) -> None:
+        if self.checkpoints is not None:
+            await self.checkpoints.flush(1.0)
+            await self.checkpoints.aclose()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+
+
+def _shard_changes(ops: Any, state_file: Path | None, bot: Any) -> Any:
+    """BotShards' ``on_state_change``: the ops board hears it, the state file is rewritten."""
+    from qqconn._log import get_logger
+
+    log = get_logger("qqconn.cli")
+
+    def changed(shard_id: int, change: Any) -> None:
+        if ops is not None:
+            ops.on_state_change(change)
+        if state_file is not None:
+            _write_shards_file(bot(), state_file, log)
+
+    return changed
+
+
+def _write_shards_file(bot: Any, path: Path, log: Any) -> None:
+    """The state file of several shards: every shard's snapshot under ``"shards"``."""
+    from qqconn.driver.statefile import StateFile
+
+    StateFile(path, log=log).write(bot.state_document())
+
+
+async def _watch_shards(bot: Any, ops: Any, opts: RunOptions, output: Any, log: Any) -> None:
+    """Once the shards exist: the ops board watches each; the state file is rewritten every
+    ``--state-refresh`` seconds."""
+    await bot.started()
+    if ops is not None:
+        for manager in bot.managers.values():
+            ops.watch(manager)
+    if opts.state_file is None:
+        return
+    _write_shards_file(bot, opts.state_file, log)
+    every = opts.state_refresh_s
+    while every > 0:
+        await asyncio.sleep(every)
+        _write_shards_file(bot, opts.state_file, log)
 
 
 async def _refresh_state_file(mgr: Any, every_s: float) -> None:

@@ -91,8 +91,15 @@ def _positive_number(value: object) -> float | None:
 
 def judge(text: str | None, *, now_unix: float, max_age_s: float | None, path: str = "") -> Health:
     """:func:`qqconn.checkpoint.judge_health`, with :func:`fresh_bound_s` standing in for a
-    ``--max-age`` that was not given (its age rule, :func:`~qqconn.checkpoint.age_within`)."""
+    ``--max-age`` that was not given (its age rule, :func:`~qqconn.checkpoint.age_within`).
+
+    A file of several shards (``qqconn run --shards``: every shard's snapshot under
+    ``"shards"``) is healthy only when the file itself is fresh and every shard in it is
+    alive; the problem names the first shard that is not."""
     health = judge_health(text, now_unix=now_unix, max_age_s=max_age_s, path=path)
+    snap = health.snapshot
+    if snap is not None and isinstance(snap.get("shards"), dict):
+        return _judge_shards(health, snap, now_unix=now_unix, max_age_s=max_age_s)
     if max_age_s is not None or not health.healthy or health.snapshot is None:
         return health
     bound = fresh_bound_s(health.snapshot)
@@ -113,6 +120,24 @@ def judge(text: str | None, *, now_unix: float, max_age_s: float | None, path: s
     else:
         return health
     return replace(health, healthy=False, problem=problem)
+
+
+def _judge_shards(
+    health: Health, snap: dict[str, Any], *, now_unix: float, max_age_s: float | None
+) -> Health:
+    shards = snap["shards"]
+    if not shards:
+        return replace(health, healthy=False, problem="no shard has started yet")
+    for shard_id, doc in sorted(shards.items(), key=lambda kv: int(kv[0])):
+        if not isinstance(doc, dict):
+            return replace(health, healthy=False, problem=f"shard {shard_id}: not a snapshot")
+        # A shard's own updated_at is that of its last change; the file's is when it was
+        # written, which is what freshness means here.
+        doc = {**doc, "updated_at_unix": snap.get("updated_at_unix")}
+        verdict = judge(json.dumps(doc), now_unix=now_unix, max_age_s=max_age_s)
+        if not verdict.healthy:
+            return replace(health, healthy=False, problem=f"shard {shard_id}: {verdict.problem}")
+    return replace(health, healthy=True, problem=None)
 
 
 def read_health(
@@ -144,6 +169,8 @@ def exit_status(health: Health) -> int:
 def format_status(h: Health) -> str:
     """The snapshot for a person: one aligned ``key  value`` row each, the verdict last."""
     snap = h.snapshot or {}
+    if isinstance(snap.get("shards"), dict):
+        return _format_shards(h, snap)
     fatal = snap.get("fatal")
     rows: list[tuple[str, str]] = [("state", str(snap.get("state")))]
     if isinstance(fatal, dict):
@@ -182,6 +209,25 @@ def format_status(h: Health) -> str:
         if isinstance(latency, (int, float)):
             beat += f", last ACK after {latency * 1000:.1f} ms"
         rows.append(("heartbeat", beat))
+    age = "" if h.age_s is None else f" ({h.age_s:.1f} s ago)"
+    rows.append(("updated", f"{snap.get('updated_at')}{age}"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"{'healthy':<{width}}  " + ("yes" if h.healthy else f"no: {h.problem}"))
+    return "\n".join(lines)
+
+
+def _format_shards(h: Health, snap: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = [
+        ("state", str(snap.get("state"))),
+        ("app id", str(snap.get("app_id"))),
+        ("shards", f"{snap.get('alive')} of {len(snap['shards'])} alive"),
+    ]
+    for shard_id, doc in sorted(snap["shards"].items(), key=lambda kv: int(kv[0])):
+        doc = doc if isinstance(doc, dict) else {}
+        fatal = doc.get("fatal")
+        why = f" ({fatal.get('reason')})" if isinstance(fatal, dict) else ""
+        rows.append((f"shard {shard_id}", f"{doc.get('state')}{why}"))
     age = "" if h.age_s is None else f" ({h.age_s:.1f} s ago)"
     rows.append(("updated", f"{snap.get('updated_at')}{age}"))
     width = max(len(k) for k, _ in rows)

@@ -24,6 +24,7 @@ from qqconn import commands as cmd
 from qqconn import events as ev
 from qqconn._log import get_logger
 from qqconn.checkpoint import Resumable
+from qqconn.driver.apps import shared_app, shared_limiter
 from qqconn.driver.attempt import RunContext
 from qqconn.driver.feed import Feeder
 from qqconn.driver.host import (
@@ -33,8 +34,8 @@ from qqconn.driver.host import (
     StateCallback,
 )
 from qqconn.driver.permits import IdentifyLimiter, LocalIdentifyLimiter
-from qqconn.driver.statefile import StateFile
-from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource, tls_context
+from qqconn.driver.statefile import CheckpointStore, StateFile, judge_stored
+from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource
 from qqconn.errors import ConfigError, FatalError, LocalProtocolError
 from qqconn.machine import ConnectionMachine, State
 from qqconn.metrics import NO_METRICS, ConnectionObserver, Metrics, ending_kind
@@ -57,6 +58,13 @@ class ConnectionManager:
     ``await run()`` returns after ``stop()``, or raises :class:`FatalError` when the manager
     gives up. ``state_file``, if given, is rewritten atomically (mode 0600) on every state
     change with a JSON snapshot that never holds a secret.
+
+    Managers of one app on one event loop share one HTTP client and one token source
+    (:mod:`qqconn.driver.apps`) unless given ``http=`` / ``tokens=``; the shards of one bot
+    (``shard`` count above one) also share one identify limiter unless given ``permits=``.
+    ``checkpoints``: a :class:`~qqconn.driver.statefile.CheckpointStore` that keeps the
+    resume checkpoint besides the state file (``qqconn.redis.RedisCheckpoints``): a run with
+    no session of its own asks it first, and every checkpoint is saved to it too.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class ConnectionManager:
         http: httpx.AsyncClient | None = None,
         tokens: TokenSource | None = None,
         metrics: Metrics | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         _check_config(app_id, client_secret, intents, shard, api_base, token_url)
         self.app_id = app_id
@@ -98,6 +107,9 @@ class ConnectionManager:
         )
         self._log = get_logger("qqconn").bind(app_id=app_id, shard=f"{shard[0]}/{shard[1]}")
         self._file = None if self.state_file is None else StateFile(self.state_file, log=self._log)
+        #: Where else the resume checkpoint is kept (None: only the state file).
+        self.checkpoints = checkpoints
+        self._resume_given = resume_from is not None
         self._rng = rng
         restored = self._resumable(resume_from)
         self._machine = ConnectionMachine(self.policy, rng=rng, logger=self._log, restored=restored)
@@ -119,7 +131,9 @@ class ConnectionManager:
             if permits is not None
             else LocalIdentifyLimiter(window_s=self.policy.identify_window_s, clock=clock)
         )
+        self._permits_given = permits is not None
         self._shared_http = http
+        self._given_tokens = tokens
         self._tokens: TokenSource | None = tokens
         self._started = False
         self._running = False
@@ -206,8 +220,14 @@ class ConnectionManager:
         says so (a new session handled; at most once per ``Policy.checkpoint_interval_s`` while
         events are handled or heartbeats acknowledged).
         """
+        if self._file is not None or self.checkpoints is not None:
+            self._keep(self.snapshot())
+
+    def _keep(self, snap: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(self.snapshot())
+            self._file.write(snap)
+        if self.checkpoints is not None:
+            self.checkpoints.save(snap)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -235,23 +255,18 @@ class ConnectionManager:
         try:
             if self._machine.is_terminal:  # stop() came before run()
                 return
-            if self._shared_http is not None:  # the host's (BotShards): it closes it, not us
-                client: contextlib.AbstractAsyncContextManager[httpx.AsyncClient] = (
-                    contextlib.nullcontext(self._shared_http)
+            await self._restore_from_store()
+            if self._machine.is_terminal:
+                return
+            if not self._permits_given and self.shard[1] > 1:
+                self.permits = shared_limiter(
+                    app_id=self.app_id,
+                    shard_count=self.shard[1],
+                    window_s=self.policy.identify_window_s,
+                    clock=self._clock,
                 )
-            else:
-                timeout = httpx.Timeout(self.policy.connect_timeout_s)
-                client = httpx.AsyncClient(timeout=timeout, verify=tls_context())
-            async with client as http, asyncio.TaskGroup() as tg:
-                if self._tokens is None:
-                    self._tokens = TokenSource(
-                        http,
-                        self.token_url,
-                        self.app_id,
-                        self._secret,
-                        self._clock,
-                        self.policy.token_refresh_margin_s,
-                    )
+            async with self._app() as (http, tokens), asyncio.TaskGroup() as tg:
+                self._tokens = tokens
                 self._feeder.start(
                     RunContext(
                         self.app_id,
@@ -260,7 +275,7 @@ class ConnectionManager:
                         self.api_base,
                         self.policy,
                         http,
-                        self._tokens,
+                        tokens,
                         tg,
                         self.permits,
                     )
@@ -273,6 +288,8 @@ class ConnectionManager:
                 await self._host.drain(self.policy.close_timeout_s)
                 self._host.cancel()
                 self.write_state_file()
+                if self.checkpoints is not None:
+                    await self._flush_store()
         finally:
             self._feeder.timers.cancel_all()
             self.permits.withdraw(self.shard[0])
@@ -283,6 +300,76 @@ class ConnectionManager:
         fatal = self._machine.fatal
         if fatal is not None:
             raise FatalError(fatal.reason, close_code=fatal.close_code, retryable=fatal.retryable)
+
+    @contextlib.asynccontextmanager
+    async def _app(self) -> Any:
+        """The HTTP client and token source of this run: the host's, else the app's shared
+        ones (:mod:`qqconn.driver.apps`)."""
+        if self._shared_http is not None:  # the host's (BotShards): it closes it, not us
+            http = self._shared_http
+            tokens = self._given_tokens or TokenSource(
+                http,
+                self.token_url,
+                self.app_id,
+                self._secret,
+                self._clock,
+                self.policy.token_refresh_margin_s,
+            )
+            self._given_tokens = tokens
+            yield http, tokens
+            return
+        async with shared_app(
+            app_id=self.app_id,
+            secret=self._secret,
+            token_url=self.token_url,
+            clock=self._clock,
+            margin_s=self.policy.token_refresh_margin_s,
+            timeout_s=self.policy.connect_timeout_s,
+        ) as link:
+            yield link.http, self._given_tokens or link.tokens
+
+    async def _restore_from_store(self) -> None:
+        """A run with no session of its own asks the checkpoint store for one (a shard
+        restarted on another machine). A store that cannot answer is logged, never fatal:
+        the run then Identifies."""
+        store = self.checkpoints
+        if store is None or self._resume_given or self._machine.checkpoint is not None:
+            return
+        try:
+            async with asyncio.timeout(self.policy.connect_timeout_s):
+                doc = await store.load(self.app_id, self.shard)
+        except Exception as exc:
+            self._log.warning(
+                "qqconn.checkpoint_store_unavailable",
+                error=f"{type(exc).__name__}: {exc}"[:200],
+                then="identify",
+            )
+            return
+        if self._machine.is_terminal:  # stop() came while the store answered
+            return
+        restored = judge_stored(
+            doc,
+            app_id=self.app_id,
+            shard=self.shard,
+            resume_window_s=self.policy.resume_window_s,
+            log=self._log,
+        )
+        if restored is None:
+            return
+        self._machine = ConnectionMachine(
+            self.policy, rng=self._rng, logger=self._log, restored=restored
+        )
+        self._host.ready = restored.ready
+        self._feeder = self._new_feeder()
+
+    async def _flush_store(self) -> None:
+        assert self.checkpoints is not None
+        try:
+            await self.checkpoints.flush(self.policy.close_timeout_s)
+        except Exception as exc:  # the store's own bug or absence: logged, the run still ends
+            self._log.warning(
+                "qqconn.checkpoint_store_unavailable", error=f"{type(exc).__name__}: {exc}"[:200]
+            )
 
     async def stop(self) -> None:
         """Stop from any state: close the socket, cancel every task and timer, open nothing more.
@@ -366,8 +453,7 @@ class ConnectionManager:
 
     def _announce(self, change: cmd.AnnounceState) -> None:
         snap = self.snapshot()
-        if self._file is not None:
-            self._file.write(snap)
+        self._keep(snap)
         self._observe(change)
         self._host.announce(change, snap)
         self._wake()

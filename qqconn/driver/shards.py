@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,12 +33,15 @@ import structlog
 
 from qqconn import protocol as proto
 from qqconn._log import QuietLogger
+from qqconn.driver.apps import shared_app
 from qqconn.driver.host import StateChange
 from qqconn.driver.manager import DEFAULT_API_BASE, ConnectionManager
 from qqconn.driver.permits import IdentifyLimiter, LocalIdentifyLimiter
-from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource, tls_context
+from qqconn.driver.statefile import CheckpointStore
+from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource
 from qqconn.errors import ConfigError, FatalError
 from qqconn.machine import State
+from qqconn.metrics import Metrics
 from qqconn.policy import Policy
 from qqconn.protocol import Dispatch
 
@@ -58,8 +62,8 @@ class BotShards:
 
     ``shards``: ``"auto"`` (what ``/gateway/bot`` recommends) or a count. ``shard_ids``: the
     ids this process runs (default all of ``range(count)``; give a subset to spread one bot's
-    shards over processes, then share a Redis limiter, ``permits=``). Callbacks get the shard
-    id first. ``state_dir``: one state file per shard, ``shard-<id>.json``.
+    shards over processes, then share a Redis limiter, ``permits=``, and a checkpoint store,
+    ``checkpoints=``: ``qqconn.redis``). Callbacks get the shard id first. ``state_dir``: one state file per shard, ``shard-<id>.json``.
     """
 
     def __init__(
@@ -79,6 +83,9 @@ class BotShards:
         on_shard_fatal: ShardFatalPolicy = "stop_all",
         state_dir: str | os.PathLike[str] | None = None,
         permits: IdentifyLimiter | None = None,
+        checkpoints: CheckpointStore | None = None,
+        metrics: Metrics | None = None,
+        resume_from: Mapping[int, tuple[str, int | None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if shards != "auto" and (
@@ -109,6 +116,9 @@ class BotShards:
             if permits is not None
             else LocalIdentifyLimiter(window_s=self.policy.identify_window_s, clock=clock)
         )
+        self.checkpoints = checkpoints
+        self.metrics = metrics
+        self._resume_from = dict(resume_from or {})
         self._clock = clock
         self._log = QuietLogger(structlog.get_logger("qqconn")).bind(app_id=app_id)
         #: The managers, by shard id, once :meth:`run` has read the shard count.
@@ -136,6 +146,17 @@ class BotShards:
             "shards": snaps,
         }
 
+    def state_document(self) -> dict[str, Any]:
+        """:meth:`snapshot` as a state file (``qqconn run --shards --state-file``): with
+        ``updated_at`` / ``updated_at_unix``; ``qqconn status`` judges every shard in it."""
+        doc = self.snapshot()
+        now = time.time()
+        doc["updated_at"] = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        doc["updated_at_unix"] = now
+        if not self.managers:
+            doc["state"] = "starting"
+        return doc
+
     @property
     def all_alive(self) -> bool:
         """Is every shard of this process ALIVE?"""
@@ -150,16 +171,15 @@ class BotShards:
     async def run(self) -> None:
         """Read ``/gateway/bot``, start every shard, run until :meth:`stop` or a FATAL that
         ends the whole (``on_shard_fatal``)."""
-        timeout = httpx.Timeout(self.policy.connect_timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, verify=tls_context()) as http:
-            tokens = TokenSource(
-                http,
-                self.token_url,
-                self.app_id,
-                self._secret,
-                self._clock,
-                self.policy.token_refresh_margin_s,
-            )
+        async with shared_app(
+            app_id=self.app_id,
+            secret=self._secret,
+            token_url=self.token_url,
+            clock=self._clock,
+            margin_s=self.policy.token_refresh_margin_s,
+            timeout_s=self.policy.connect_timeout_s,
+        ) as link:
+            http, tokens = link.http, link.tokens
             count = await self._shard_count(http, tokens)
             self.count = count
             ids = self._shard_ids if self._shard_ids is not None else list(range(count))
@@ -231,6 +251,9 @@ class BotShards:
             state_file=state_file,
             clock=self._clock,
             permits=self.permits,
+            checkpoints=self.checkpoints,
+            metrics=self.metrics,
+            resume_from=self._resume_from.get(shard_id),
             http=http,
             tokens=tokens,
         )

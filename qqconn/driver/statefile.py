@@ -14,14 +14,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from qqconn import checkpoint
 from qqconn._log import QuietLogger
 from qqconn.checkpoint import Resumable
 from qqconn.machine import DETAIL_CHARS
 
-__all__ = ["StateFile"]
+__all__ = ["CheckpointStore", "StateFile"]
 
 
 class StateFile:
@@ -77,3 +77,50 @@ class StateFile:
             "qqconn.session_restored", last_seq=verdict.last_seq, age_s=round(age or 0.0, 1)
         )
         return verdict
+
+
+class CheckpointStore(Protocol):
+    """Somewhere besides the state file to keep the resume checkpoint, so that a shard started
+    on another machine, with no file of its own, Resumes (``qqconn.redis.RedisCheckpoints``).
+
+    ``save`` never waits and never raises (the store writes in the background and logs what
+    fails: a store that went away never ends a connection); ``load`` answers the document
+    last saved for ``(app_id, shard)``, or None; it may raise when the store is unreachable
+    (the manager then logs it and Identifies).
+    """
+
+    async def load(self, app_id: str, shard: tuple[int, int]) -> object:
+        """The last document saved for this app and shard (a state-file document), or None."""
+        ...
+
+    def save(self, snapshot: dict[str, Any]) -> None:
+        """Keep ``snapshot`` (a :meth:`ConnectionManager.snapshot`), in the background."""
+        ...
+
+    async def flush(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, until what was saved so far is written."""
+        ...
+
+
+def judge_stored(
+    doc: object, *, app_id: str, shard: tuple[int, int], resume_window_s: float, log: QuietLogger
+) -> Resumable | None:
+    """A document a :class:`CheckpointStore` answered, judged as a state file is."""
+    if doc is None:
+        log.info("qqconn.checkpoint_store_empty")
+        return None
+    now = time.time()
+    verdict = checkpoint.judge_resume(
+        doc, app_id=app_id, shard=shard, now_unix=now, resume_window_s=resume_window_s
+    )
+    if isinstance(verdict, str):
+        log.info("qqconn.checkpoint_store_ignored", reason=verdict)
+        return None
+    age = checkpoint.document_age_s(doc, now) if isinstance(doc, dict) else None
+    log.info(
+        "qqconn.session_restored",
+        last_seq=verdict.last_seq,
+        age_s=round(age or 0.0, 1),
+        source="store",
+    )
+    return verdict

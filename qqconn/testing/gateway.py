@@ -372,6 +372,29 @@ class FakeGateway:
         seq, _ = self._accept(t, d, session_id)
         return seq
 
+    def shard_session_id(self, shard_id: int) -> str | None:
+        """The session shard ``shard_id`` holds now (its newest Identify), or None."""
+        session = self._book.by_shard.get(shard_id)
+        return None if session is None else session.session_id
+
+    def guild_shard(self, guild_id: int | str) -> int:
+        """The shard a guild's events are routed to: ``(guild_id >> 22) % shards``."""
+        return self._book.route(int(guild_id))
+
+    async def dispatch_guild(
+        self, t: str, guild_id: int | str, d: Any = _REALISTIC
+    ) -> tuple[int, int]:
+        """Dispatch a guild event to the session of the shard the guild routes to
+        (:meth:`guild_shard`); returns ``(shard_id, s)``. Without ``d``, a realistic ``d``
+        whose ``guild_id`` is this guild. ``LookupError`` when that shard has no session."""
+        shard_id = self.guild_shard(guild_id)
+        session = self._book.by_shard.get(shard_id)
+        if session is None:
+            raise LookupError(f"FakeGateway: shard {shard_id} has no session")
+        if d is _REALISTIC:
+            d = self.event_data(t, guild_id=str(guild_id))
+        return shard_id, await self.dispatch(t, d, session_id=session.session_id)
+
     def accepted(self, session_id: str | None = None) -> list[int]:
         """The ``s`` of every dispatch a session accepted (default: the current one)."""
         return [s for s, _ in self._book.get(session_id).buffer]

@@ -146,6 +146,8 @@ class SessionBook(Generic[S]):
         #: Every accepted Identify: (monotonic time, shard id); and every refused one.
         self.identify_log: list[tuple[float, int]] = []
         self.refused_log: list[tuple[float, int, str]] = []
+        #: The newest session of each shard id (a session per shard, as QQ keeps them).
+        self.by_shard: dict[int, Session[S]] = {}
 
     # -- Identify ----------------------------------------------------------------------------
 
@@ -184,7 +186,20 @@ class SessionBook(Generic[S]):
         session: Session[S] = Session(session_id=session_id, shard=shard, intents=intents, seq=1)
         self.sessions[session_id] = session
         self.current = session
+        shard_id = shard_id_of(shard)
+        if shard_id is not None:
+            self.by_shard[shard_id] = session
         return session
+
+    def shard_count(self) -> int | None:
+        """The shard count the live sessions Identified with (None: no session yet)."""
+        counts = [shard_count_of(s.shard) for s in self.by_shard.values()]
+        return max((c for c in counts if c is not None), default=None)
+
+    def route(self, guild_id: int) -> int:
+        """The shard a guild's events go to: ``(guild_id >> 22) % shards`` (docs/protocol.md
+        §9); shards is the count the sessions Identified with (1 before any)."""
+        return (guild_id >> 22) % (self.shard_count() or 1)
 
     # -- Resume ------------------------------------------------------------------------------
 
@@ -222,6 +237,9 @@ class SessionBook(Generic[S]):
         del self.sessions[session.session_id]
         if session is self.current:
             self.current = None
+        for shard_id, held in list(self.by_shard.items()):
+            if held is session:
+                del self.by_shard[shard_id]
         return session
 
     @staticmethod
@@ -238,3 +256,17 @@ class SessionBook(Generic[S]):
         text = compact({"op": 0, "s": session.seq, "t": t, "id": event_id, "d": d})
         session.buffer.append((session.seq, text))
         return session.seq, text
+
+
+def shard_id_of(shard: object) -> int | None:
+    """The id of an Identify's ``shard`` ``[id, count]``, or None when it is not one."""
+    if isinstance(shard, list) and len(shard) == 2 and all(_is_int(x) for x in shard):
+        return int(shard[0])
+    return None
+
+
+def shard_count_of(shard: object) -> int | None:
+    """The count of an Identify's ``shard`` ``[id, count]``, or None."""
+    if isinstance(shard, list) and len(shard) == 2 and all(_is_int(x) for x in shard):
+        return int(shard[1])
+    return None
