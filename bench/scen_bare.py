@@ -35,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     Control,
     GcPauses,
+    LoopCounts,
     client_parser,
     cpu_s,
     emit,
+    paced_phase,
     raise_nofile,
     rss_kb,
     until,
@@ -133,6 +135,7 @@ async def token_of(ctl: Control) -> str:
 
 
 async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    counts = LoopCounts()
     sink = Sink()
     client = BareClient(a.ws_url, await token_of(ctl), sink)
     task = asyncio.create_task(client.run())
@@ -143,24 +146,29 @@ async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     gc.collect()
     sink.reset(a.n)
     cpu0 = cpu_s()
+    counts.start()
     fake = await ctl.call("burst", n=a.n)
     await asyncio.wait_for(sink.done.wait(), 300)
+    loop_objects = counts.stop()
     cpu1 = cpu_s()
     elapsed = sink.t_last - sink.t_first
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return {
+    result = {
         "side": "bare",
         "events": a.n,
         "delivered": sink.count,
         "events_per_s": (a.n - 1) / elapsed,
         "client_cpu_us_per_event": (cpu1 - cpu0) / a.n * 1e6,
+        **LoopCounts.per(loop_objects, a.n),
         "fake_cpu_us_per_event": fake["cpu_s"] / a.n * 1e6,
         "fake_write_s": fake["t_end"] - fake["t_start"],
         "last_seq": client.last_seq,
         "expected_last_seq": fake["last_seq"],
     }
+    result.update(await paced_phase(a, ctl, sink, counts))
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return result
 
 
 # -- 2. websockets' keepalive as the detector (reference) ----------------------------------
