@@ -81,7 +81,8 @@ class GcPauses:
 
 class LoopCounts:
     """What the event loop was asked to make in a window: tasks, scheduled callbacks (handles:
-    ``call_soon``, including each task step and each future's wake-up) and futures.
+    ``call_soon`` and ``call_at``/``call_later``, including each task step, each future's
+    wake-up and each timer) and futures.
 
     Counted by wrapping the running loop's ``call_soon``, ``create_future`` and task factory
     (the C task and future implementations call them through the loop object too), so it
@@ -92,12 +93,16 @@ class LoopCounts:
         self.tasks = self.handles = self.futures = 0
         self._on = False
         loop = asyncio.get_running_loop()
-        call_soon, create_future = loop.call_soon, loop.create_future
+        call_soon, call_at, create_future = loop.call_soon, loop.call_at, loop.create_future
         previous = loop.get_task_factory()
 
         def counted_call_soon(*args: Any, **kw: Any) -> Any:
             self.handles += self._on
             return call_soon(*args, **kw)
+
+        def counted_call_at(*args: Any, **kw: Any) -> Any:
+            self.handles += self._on
+            return call_at(*args, **kw)
 
         def counted_create_future() -> Any:
             self.futures += self._on
@@ -110,6 +115,7 @@ class LoopCounts:
             return asyncio.Task(coro, loop=lp, **kw)
 
         loop.call_soon = counted_call_soon  # type: ignore[method-assign]
+        loop.call_at = counted_call_at  # type: ignore[method-assign]
         loop.create_future = counted_create_future  # type: ignore[method-assign]
         loop.set_task_factory(factory)
 
@@ -122,8 +128,8 @@ class LoopCounts:
         return {"tasks": self.tasks, "handles": self.handles, "futures": self.futures}
 
     @staticmethod
-    def per(counts: dict[str, int], n: int) -> dict[str, float]:
-        return {f"{k}_per_event": round(v / max(n, 1), 4) for k, v in counts.items()}
+    def per(counts: dict[str, int], n: int, unit: str = "event") -> dict[str, float]:
+        return {f"{k}_per_{unit}": round(v / max(n, 1), 4) for k, v in counts.items()}
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -359,6 +365,21 @@ def client_parser(
     )
     ap.add_argument("--paced-rate", type=float, default=2000.0)
     return ap
+
+
+async def heartbeat_window(window_s: float, acks: Any, counts: LoopCounts) -> dict[str, Any]:
+    """The ``beats`` scenario's window: an idle live connection for ``window_s``; CPU and loop
+    objects per heartbeat (``acks()``: the client's ACK count), the same way for every client."""
+    a0, c0 = acks(), cpu_s()
+    counts.start()
+    await asyncio.sleep(window_s)
+    objects = counts.stop()
+    beats, cpu = acks() - a0, cpu_s() - c0
+    return {
+        "heartbeats": beats,
+        "cpu_us_per_heartbeat": cpu / max(beats, 1) * 1e6,
+        **LoopCounts.per(objects, beats, "heartbeat"),
+    }
 
 
 async def paced_phase(

@@ -39,6 +39,7 @@ from common import (
     client_parser,
     cpu_s,
     emit,
+    heartbeat_window,
     paced_phase,
     raise_nofile,
     rss_kb,
@@ -165,6 +166,22 @@ async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
         "expected_last_seq": fake["last_seq"],
     }
     result.update(await paced_phase(a, ctl, sink, counts))
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return result
+
+
+# -- 1b. heartbeats of an idle connection -------------------------------------------------
+
+
+async def beats(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    counts = LoopCounts()
+    client = BareClient(a.ws_url, await token_of(ctl))
+    task = asyncio.create_task(client.run())
+    await asyncio.wait_for(client.ready.wait(), 20)
+    await until(lambda: client.acks >= 3, 30, what="3 ACKs")
+    result = {"side": "bare", **await heartbeat_window(a.window, lambda: client.acks, counts)}
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -318,12 +335,21 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
 
 async def amain() -> None:
     ap = client_parser(
-        ["throughput", "detect", "seedloop", "many"], n=200_000, warmup=5_000, window_s=30.0
+        ["throughput", "beats", "detect", "seedloop", "many"],
+        n=200_000,
+        warmup=5_000,
+        window_s=30.0,
     )
     ap.add_argument("--fault", choices=["zombie", "halfopen"], default="zombie")
     a = ap.parse_args()
     ctl = await Control.connect(a.control)
-    fn = {"throughput": throughput, "detect": detect, "seedloop": seedloop, "many": many}
+    fn = {
+        "throughput": throughput,
+        "beats": beats,
+        "detect": detect,
+        "seedloop": seedloop,
+        "many": many,
+    }
     result = await fn[a.scenario](a, ctl)
     await ctl.close()
     emit(result)

@@ -30,6 +30,7 @@ from common import (
     client_parser,
     cpu_s,
     emit,
+    heartbeat_window,
     paced_phase,
     raise_nofile,
     rss_kb,
@@ -141,6 +142,24 @@ async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
         "expected_last_seq": fake["last_seq"],
     }
     result.update(await paced_phase(a, ctl, sink, counts))
+    await stop_all([mgr], [task])
+    return result
+
+
+# -- 1b. heartbeats of an idle connection -------------------------------------------------
+
+
+async def beats(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    counts = LoopCounts()
+    mgr = manager(a)
+    task = asyncio.create_task(mgr.run())
+    await until(lambda: mgr.state is State.ALIVE, 20, what="ALIVE")
+    await until(lambda: mgr.machine.acks >= 3, 30, what="3 ACKs")
+    result = {
+        "side": "qqconn",
+        **await heartbeat_window(a.window, lambda: mgr.machine.acks, counts),
+    }
+    result["sockets"] = (await ctl.call("stats"))["connections"]
     await stop_all([mgr], [task])
     return result
 
@@ -356,7 +375,7 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
 
 async def amain() -> None:
     ap = client_parser(
-        ["throughput", "detect", "recover", "seedloop", "many"],
+        ["throughput", "beats", "detect", "recover", "seedloop", "many"],
         n=200_000,
         warmup=5_000,
         window_s=30.0,
@@ -371,6 +390,7 @@ async def amain() -> None:
     ctl = await Control.connect(a.control)
     fn = {
         "throughput": throughput,
+        "beats": beats,
         "detect": detect,
         "recover": recover,
         "seedloop": seedloop,
