@@ -79,6 +79,59 @@ class GcPauses:
         }
 
 
+class LoopCounts:
+    """What the event loop was asked to make in a window: tasks, scheduled callbacks (handles:
+    ``call_soon`` and ``call_at``/``call_later``, including each task step, each future's
+    wake-up and each timer) and futures.
+
+    Counted by wrapping the running loop's ``call_soon``, ``create_future`` and task factory
+    (the C task and future implementations call them through the loop object too), so it
+    counts the same for every client. ``per(n)`` divides by the events of the window.
+    """
+
+    def __init__(self) -> None:
+        self.tasks = self.handles = self.futures = 0
+        self._on = False
+        loop = asyncio.get_running_loop()
+        call_soon, call_at, create_future = loop.call_soon, loop.call_at, loop.create_future
+        previous = loop.get_task_factory()
+
+        def counted_call_soon(*args: Any, **kw: Any) -> Any:
+            self.handles += self._on
+            return call_soon(*args, **kw)
+
+        def counted_call_at(*args: Any, **kw: Any) -> Any:
+            self.handles += self._on
+            return call_at(*args, **kw)
+
+        def counted_create_future() -> Any:
+            self.futures += self._on
+            return create_future()
+
+        def factory(lp: Any, coro: Any, **kw: Any) -> Any:
+            self.tasks += self._on
+            if previous is not None:
+                return previous(lp, coro, **kw)
+            return asyncio.Task(coro, loop=lp, **kw)
+
+        loop.call_soon = counted_call_soon  # type: ignore[method-assign]
+        loop.call_at = counted_call_at  # type: ignore[method-assign]
+        loop.create_future = counted_create_future  # type: ignore[method-assign]
+        loop.set_task_factory(factory)
+
+    def start(self) -> None:
+        self.tasks = self.handles = self.futures = 0
+        self._on = True
+
+    def stop(self) -> dict[str, int]:
+        self._on = False
+        return {"tasks": self.tasks, "handles": self.handles, "futures": self.futures}
+
+    @staticmethod
+    def per(counts: dict[str, int], n: int, unit: str = "event") -> dict[str, float]:
+        return {f"{k}_per_{unit}": round(v / max(n, 1), 4) for k, v in counts.items()}
+
+
 def emit(result: dict[str, Any]) -> None:
     """The one result line a scenario prints (the harness reads the last line starting RESULT)."""
     print("RESULT " + json.dumps(result), flush=True)
@@ -304,4 +357,50 @@ def client_parser(
     ap.add_argument("--warmup", type=int, default=warmup)
     ap.add_argument("--window", type=float, default=window_s)
     ap.add_argument("--ramp-per-s", type=float, default=100.0)
+    ap.add_argument(
+        "--paced",
+        type=int,
+        default=0,
+        help="throughput: then this many events paced at --paced-rate (a host keeping up)",
+    )
+    ap.add_argument("--paced-rate", type=float, default=2000.0)
     return ap
+
+
+async def heartbeat_window(window_s: float, acks: Any, counts: LoopCounts) -> dict[str, Any]:
+    """The ``beats`` scenario's window: an idle live connection for ``window_s``; CPU and loop
+    objects per heartbeat (``acks()``: the client's ACK count), the same way for every client."""
+    a0, c0 = acks(), cpu_s()
+    counts.start()
+    await asyncio.sleep(window_s)
+    objects = counts.stop()
+    beats, cpu = acks() - a0, cpu_s() - c0
+    return {
+        "heartbeats": beats,
+        "cpu_us_per_heartbeat": cpu / max(beats, 1) * 1e6,
+        **LoopCounts.per(objects, beats, "heartbeat"),
+    }
+
+
+async def paced_phase(
+    a: argparse.Namespace, ctl: Control, sink: Any, counts: LoopCounts
+) -> dict[str, Any]:
+    """The throughput scenario's second phase: ``a.paced`` events at ``a.paced_rate`` per
+    second (the fake's pump: about one frame per loop turn, so the host keeps up). CPU and loop
+    objects per event, the same way for every client."""
+    if a.paced <= 0:
+        return {}
+    sink.reset(a.paced)
+    cpu0 = cpu_s()
+    counts.start()
+    await ctl.call("pump_start", rate=a.paced_rate)
+    await asyncio.wait_for(sink.done.wait(), 60 + 2 * a.paced / a.paced_rate)
+    loop_objects = counts.stop()
+    cpu1 = cpu_s()
+    await ctl.call("pump_stop")
+    return {
+        "paced_events": a.paced,
+        "paced_rate": a.paced_rate,
+        "paced_cpu_us_per_event": (cpu1 - cpu0) / a.paced * 1e6,
+        **{f"paced_{k}": v for k, v in LoopCounts.per(loop_objects, a.paced).items()},
+    }

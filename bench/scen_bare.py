@@ -35,9 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     Control,
     GcPauses,
+    LoopCounts,
     client_parser,
     cpu_s,
     emit,
+    heartbeat_window,
+    paced_phase,
     raise_nofile,
     rss_kb,
     until,
@@ -133,6 +136,7 @@ async def token_of(ctl: Control) -> str:
 
 
 async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    counts = LoopCounts()
     sink = Sink()
     client = BareClient(a.ws_url, await token_of(ctl), sink)
     task = asyncio.create_task(client.run())
@@ -143,24 +147,45 @@ async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     gc.collect()
     sink.reset(a.n)
     cpu0 = cpu_s()
+    counts.start()
     fake = await ctl.call("burst", n=a.n)
     await asyncio.wait_for(sink.done.wait(), 300)
+    loop_objects = counts.stop()
     cpu1 = cpu_s()
     elapsed = sink.t_last - sink.t_first
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return {
+    result = {
         "side": "bare",
         "events": a.n,
         "delivered": sink.count,
         "events_per_s": (a.n - 1) / elapsed,
         "client_cpu_us_per_event": (cpu1 - cpu0) / a.n * 1e6,
+        **LoopCounts.per(loop_objects, a.n),
         "fake_cpu_us_per_event": fake["cpu_s"] / a.n * 1e6,
         "fake_write_s": fake["t_end"] - fake["t_start"],
         "last_seq": client.last_seq,
         "expected_last_seq": fake["last_seq"],
     }
+    result.update(await paced_phase(a, ctl, sink, counts))
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return result
+
+
+# -- 1b. heartbeats of an idle connection -------------------------------------------------
+
+
+async def beats(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    counts = LoopCounts()
+    client = BareClient(a.ws_url, await token_of(ctl))
+    task = asyncio.create_task(client.run())
+    await asyncio.wait_for(client.ready.wait(), 20)
+    await until(lambda: client.acks >= 3, 30, what="3 ACKs")
+    result = {"side": "bare", **await heartbeat_window(a.window, lambda: client.acks, counts)}
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return result
 
 
 # -- 2. websockets' keepalive as the detector (reference) ----------------------------------
@@ -310,12 +335,21 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
 
 async def amain() -> None:
     ap = client_parser(
-        ["throughput", "detect", "seedloop", "many"], n=200_000, warmup=5_000, window_s=30.0
+        ["throughput", "beats", "detect", "seedloop", "many"],
+        n=200_000,
+        warmup=5_000,
+        window_s=30.0,
     )
     ap.add_argument("--fault", choices=["zombie", "halfopen"], default="zombie")
     a = ap.parse_args()
     ctl = await Control.connect(a.control)
-    fn = {"throughput": throughput, "detect": detect, "seedloop": seedloop, "many": many}
+    fn = {
+        "throughput": throughput,
+        "beats": beats,
+        "detect": detect,
+        "seedloop": seedloop,
+        "many": many,
+    }
     result = await fn[a.scenario](a, ctl)
     await ctl.close()
     emit(result)

@@ -25,10 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     Control,
     GcPauses,
+    LoopCounts,
     analyse_recovery,
     client_parser,
     cpu_s,
     emit,
+    heartbeat_window,
+    paced_phase,
     raise_nofile,
     rss_kb,
     until,
@@ -107,6 +110,7 @@ async def stop_all(mgrs: list[ConnectionManager], tasks: list[asyncio.Task[None]
 
 
 async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    counts = LoopCounts()
     sink = Sink()
     mgr = manager(a, on_dispatch=sink)
     task = asyncio.create_task(mgr.run())
@@ -117,8 +121,10 @@ async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     gc.collect()
     sink.reset(a.n)
     cpu0 = cpu_s()
+    counts.start()
     fake = await ctl.call("burst", n=a.n)
     await asyncio.wait_for(sink.done.wait(), 300)
+    loop_objects = counts.stop()
     cpu1 = cpu_s()
     elapsed = sink.t_last - sink.t_first
     result = {
@@ -127,6 +133,7 @@ async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
         "delivered": sink.count,
         "events_per_s": (a.n - 1) / elapsed,
         "client_cpu_us_per_event": (cpu1 - cpu0) / a.n * 1e6,
+        **LoopCounts.per(loop_objects, a.n),
         "fake_cpu_us_per_event": fake["cpu_s"] / a.n * 1e6,
         "fake_write_s": fake["t_end"] - fake["t_start"],
         "frame_bytes": fake["bytes"] / a.n,
@@ -134,6 +141,25 @@ async def throughput(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
         "last_seq": mgr.machine.last_seq,
         "expected_last_seq": fake["last_seq"],
     }
+    result.update(await paced_phase(a, ctl, sink, counts))
+    await stop_all([mgr], [task])
+    return result
+
+
+# -- 1b. heartbeats of an idle connection -------------------------------------------------
+
+
+async def beats(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    counts = LoopCounts()
+    mgr = manager(a)
+    task = asyncio.create_task(mgr.run())
+    await until(lambda: mgr.state is State.ALIVE, 20, what="ALIVE")
+    await until(lambda: mgr.machine.acks >= 3, 30, what="3 ACKs")
+    result = {
+        "side": "qqconn",
+        **await heartbeat_window(a.window, lambda: mgr.machine.acks, counts),
+    }
+    result["sockets"] = (await ctl.call("stats"))["connections"]
     await stop_all([mgr], [task])
     return result
 
@@ -349,7 +375,7 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
 
 async def amain() -> None:
     ap = client_parser(
-        ["throughput", "detect", "recover", "seedloop", "many"],
+        ["throughput", "beats", "detect", "recover", "seedloop", "many"],
         n=200_000,
         warmup=5_000,
         window_s=30.0,
@@ -364,6 +390,7 @@ async def amain() -> None:
     ctl = await Control.connect(a.control)
     fn = {
         "throughput": throughput,
+        "beats": beats,
         "detect": detect,
         "recover": recover,
         "seedloop": seedloop,

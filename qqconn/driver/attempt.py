@@ -10,14 +10,15 @@ and close goes to the machine through the :class:`~qqconn.driver.feed.Feeder`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State as WsState
 
 from qqconn import commands as cmd
 from qqconn import events as ev
@@ -95,8 +96,32 @@ class Attempt:
         self._send_soon("resume", lambda: proto.resume_payload(self._token(), session_id, seq))
 
     def send_heartbeat(self, seq: int | None) -> None:
-        """Send op 1 Heartbeat; its success or failure is reported to the machine."""
-        self._send_soon("heartbeat", lambda: proto.heartbeat_payload(seq), report=True)
+        """Send op 1 Heartbeat; its success or failure is reported to the machine.
+
+        No task per heartbeat: while the socket is open the send runs at once, in this frame,
+        and a frame that fits the socket's buffer is written before this returns (the usual
+        case). Only a send that has to wait (the peer is not reading) goes on to a task.
+        """
+        ws = self.ws
+        if ws is None or self.closing:
+            return
+        if ws.state is not WsState.OPEN:  # closing: the library waits for the close (a task)
+            self._send_soon("heartbeat", lambda: proto.heartbeat_payload(seq), report=True)
+            return
+        try:
+            payload = proto.heartbeat_payload(seq)
+        except Exception:  # a bug here ends this connection, never the host
+            self._feeder.internal_error(self.number)
+            return
+        send = self._send("heartbeat", payload, True)
+        try:
+            waiting_on = send.send(None)
+        except StopIteration:
+            return  # written (or its failure reported) already
+        except Exception:  # a bug here ends this connection, never the host
+            self._feeder.internal_error(self.number)
+            return
+        self._run.tg.create_task(_carry_on(send, waiting_on), name="qqconn-send-heartbeat")
 
     def _token(self) -> str:
         assert self.token is not None
@@ -259,6 +284,41 @@ class Attempt:
         finally:
             if ws.transport is not None and not ws.transport.is_closing():
                 ws.transport.abort()
+
+
+async def _carry_on(coro: Coroutine[Any, Any, None], waiting_on: object) -> None:
+    """Run the rest of a coroutine that was started outside any task and suspended on
+    ``waiting_on``, as this task's own (cancellation reaches it too)."""
+    await _Rest(coro, waiting_on)
+
+
+class _Rest:
+    """An awaitable that hands a suspended coroutine's pending wait to the awaiting task, then
+    drives the coroutine on to its end: what the task would have done had it started it."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], first: object) -> None:
+        self._coro, self._first = coro, first
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, value = self._coro, self._first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation and the like: into the coroutine
+                try:
+                    value = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration:
+                    return
 
 
 def _event_for(frame: proto.Inbound, n: int, now: float) -> ev.Event:

@@ -51,7 +51,8 @@ class ConnectionManager:
 
     ``on_dispatch(dispatch)`` gets each event once, in ``s`` order (READY included, RESUMED
     not); ``on_state_change(change)`` gets every state change, in order with the dispatches;
-    both run on a task of their own, so a slow or raising callback never delays heartbeats.
+    both run off the socket's reader (a plain function in loop callbacks, a coroutine function
+    on a task; docs/behaviour.md rule 22), so a slow or raising callback never delays reading.
     ``on_fatal(error)`` is called exactly once if the manager gives up, from a task of its own.
     Callbacks may be plain functions or coroutine functions; their exceptions are logged.
 
@@ -292,6 +293,7 @@ class ConnectionManager:
                     await self._flush_store()
         finally:
             self._feeder.timers.cancel_all()
+            self._host.cancel()  # no lane runs a callback after run() (inline runs included)
             self.permits.withdraw(self.shard[0])
             self._running = False
             self._run_done.set()
