@@ -119,13 +119,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def shard_id_of(shard: object) -> int:
-    """The shard id of an Identify's ``shard`` field (``[id, count]``); 0 when it is not one."""
-    if isinstance(shard, list) and shard and type(shard[0]) is int:
-        return shard[0]
-    return 0
-
-
 class SessionBook(Generic[S]):
     """Every session the gateway knows, the current one, and the session-start budget."""
 
@@ -180,7 +173,7 @@ class SessionBook(Generic[S]):
     def create(self, now: float, *, shard: object, intents: int) -> Session[S]:
         """A new session (``s`` = 1 for READY), now the current one; counts one session start
         (in ``identify_log``, which :meth:`start_refused` judges the next start by)."""
-        self.identify_log.append((now, shard_id_of(shard)))
+        self.identify_log.append((now, shard_id_of(shard) or 0))
         self.session_start_remaining = max(0, self.session_start_remaining - 1)
         session_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         session: Session[S] = Session(session_id=session_id, shard=shard, intents=intents, seq=1)

@@ -373,7 +373,7 @@ class WebSocketSide:
             return
         now = time.monotonic()
         shard = data.get("shard", [0, 1])
-        shard_id = shard_id_of(shard)
+        shard_id = shard_id_of(shard) or 0
         why = book.start_refused(now, shard_id)
         if self.gw.faults.enforce_session_limit and why is not None:
             # Loudly: logged, kept for the test, and closed the way QQ refuses (4008).
