@@ -124,6 +124,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from structlog.testing import capture_logs
 
@@ -133,6 +134,7 @@ from qqconn import events as ev
 from qqconn.events import Timer
 from qqconn.protocol import Dispatch
 from qqconn.testing import FakeGateway
+from qqconn.testing.proxy import FaultProxy, ProxyConnection
 from tests.soak_model import (
     FATAL_CODES,
     IDENTIFY_CODES,
@@ -166,6 +168,8 @@ INTENTS = 1 << 30 | 1 << 25
 HB_MS = 250
 #: The margin the harness adds to the quick threshold before a "long" injection.
 LONG_MARGIN_S = 0.05
+#: Faults that end in the client's own watchdog (a zombie or stale connection).
+WATCHDOG_KINDS = frozenset({"zombie", "half_open", "net_stall"})
 
 SOAK_POLICY = Policy(
     quick_disconnect_threshold_s=0.4,
@@ -509,16 +513,45 @@ class StepTimeout(Exception):
     """A bounded wait ran out."""
 
 
+#: However late the loop runs, a wait never grows beyond this multiple of its timeout.
+LAG_STRETCH_MAX = 4.0
+
+
+class LoopLag:
+    """The event loop's recent lateness, measured by the soak's lag monitor (a sleep of 20 ms
+    that wakes late by ``x`` s is ``x`` s of lag). ``recent_s`` is the largest lag of about the
+    last second (it decays by a twentieth every sample): what a wait or a timing choice made
+    now should allow for on a loaded machine."""
+
+    recent_s: float = 0.0
+
+    @classmethod
+    def sample(cls, lag: float) -> None:
+        cls.recent_s = max(lag, cls.recent_s * 0.95)
+
+
 async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
     """Poll ``predicate`` (every 2 ms at first, backing off to 20 ms, so that fifty slots
-    waiting at once do not eat the loop); :class:`StepTimeout` after ``timeout`` seconds."""
+    waiting at once do not eat the loop); :class:`StepTimeout` after ``timeout`` seconds of
+    *loop time*: every poll that wakes late (the machine is busy, the loop lags) moves the
+    deadline on by that lateness, so a wait means the same whatever the load, bounded at
+    ``LAG_STRETCH_MAX`` times ``timeout``."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    started = loop.time()
+    deadline = started + timeout
+    hard = started + timeout * LAG_STRETCH_MAX
     pause = 0.002
     while not predicate():
-        if loop.time() > deadline:
-            raise StepTimeout(f"{what}: still false after {timeout:g} s")
+        now = loop.time()
+        if now > deadline:
+            raise StepTimeout(
+                f"{what}: still false after {timeout:g} s "
+                f"(+{now - started - timeout:.2f} s for loop lag)"
+            )
         await asyncio.sleep(pause)
+        late = loop.time() - now - pause
+        if late > 0.001:
+            deadline = min(deadline + late, hard)
         pause = min(pause * 1.5, 0.02)
 
 
@@ -559,6 +592,9 @@ class Slot:
         # 4009 (1.5 intervals without a heartbeat) end connections no fault planned. That
         # watchdog is pinned in tests/test_fake_gateway.py.
         self.gw.faults.heartbeat_timeout_intervals = None
+        #: Every WebSocket goes through this loopback fault proxy (REST stays direct), which
+        #: injects the network faults (issue 14 item 4); started with the gateway.
+        self.proxy: FaultProxy = None  # type: ignore[assignment]
         self.ledger = Ledger(report, self.name)
         self.observer = Observer(self)
         #: session id -> why the client let it go ("forgotten", "fatal")
@@ -576,6 +612,8 @@ class Slot:
 
     async def start(self) -> None:
         await self.gw.start()
+        self.proxy = await FaultProxy("127.0.0.1", self.gw.ws_port).start()
+        self.gw.advertised_ws_url = self.proxy.url("ws", urlsplit(self.gw.direct_ws_url).path)
         self._new_manager()
         self._pump = asyncio.create_task(self._pump_loop(), name=f"soak-pump-{self.index}")
         await until(lambda: self.mgr.state is State.ALIVE, 10, f"{self.name}: first ALIVE")
@@ -603,7 +641,7 @@ class Slot:
         """Flush, stop the manager (bounded, quiet, final), stop the pump, close the gateway."""
         self.closed = True
         if self.mgr is None:
-            await self.gw.aclose()
+            await self._close_network()
             return
         if self.mgr.state is State.ALIVE:
             await self.flush()
@@ -627,7 +665,28 @@ class Slot:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+        await self._close_network()
+
+    async def _close_network(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.aclose()
         await self.gw.aclose()
+
+    def proxy_conn(self) -> ProxyConnection:
+        """The relay of the manager's socket: the newest live one (the step starts when the
+        gateway holds exactly one live socket)."""
+        live = self.proxy.live()
+        if not live:
+            raise StepTimeout(f"{self.name}: no live relay in the fault proxy")
+        return live[-1]
+
+    def prune_relays(self) -> None:
+        """Forget relays that have ended (a long soak would hoard them)."""
+        self.proxy.connections[:] = [
+            c
+            for c in self.proxy.connections
+            if c.ended is None or any(not t.done() for t in c._tasks)
+        ]
 
     # -- traffic ------------------------------------------------------------------------------
 
@@ -800,6 +859,12 @@ class Scheduler:
         "fatal_burst": 0.8,
         "fatal_4004": 0.4,
         "fatal_attempts": 0.4,
+        # Network faults, through the slot's FaultProxy (issue 14 item 4).
+        "net_latency": 3,
+        "net_stall": 3,
+        "net_reset": 4,
+        "net_trickle": 2,
+        "net_half_close": 3,
     }
 
     def __init__(self, slot: Slot, weights: dict[str, float] | None = None) -> None:
@@ -887,11 +952,40 @@ class Scheduler:
                 plan = [Planned("op9", resumable=resumable, quick=quick, certain=certain)]
                 params = {"resumable": resumable, "close_code": close, "label": str(resumable)}
                 return Step(kind, params, timing, plan, False)
-            case "zombie" | "half_open":
+            case "zombie" | "half_open" | "net_stall":
                 # Detected one to two heartbeat intervals later: quick or not, unless long.
+                # net_stall: the relay swallows both ways (no ACK comes): a zombie, rule 5.
                 zq: tuple[bool | None, ...] = (True, False) if timing == "quick" else (False,)
                 plan = [Planned("watchdog", ZOMBIE_CLOSE_CODE, quick=zq, certain=certain)]
                 return Step(kind, {}, timing, plan, False)
+            case "net_reset" | "net_half_close":
+                # The cut lands with the next bytes from the server (traffic or an ACK, within
+                # a heartbeat interval): a drop without close frame (rule 6), then Resume.
+                rq: tuple[bool | None, ...] = (True, False) if timing == "quick" else (False,)
+                plan = [Planned("close", None, quick=rq, certain=certain)]
+                params: dict[str, Any] = {}
+                if kind == "net_reset":
+                    after = rng.randint(1, 40)  # inside the next frame, mostly its header
+                    params = {"after_bytes": after, "label": f"after {after} B"}
+                return Step(kind, params, timing, plan, False)
+            case "net_latency":
+                # Added latency each way, kept well below half the ACK deadline: no ending
+                # (rule 5 allows an ACK up to one interval late), every event once, in order.
+                ms = rng.choice([5, 20, 40])
+                hold = rng.uniform(0.3, 1.0)
+                params = {"latency_s": ms / 1000, "hold_s": hold, "label": f"{ms}ms"}
+                return Step(kind, params, "none", [], False)
+            case "net_trickle":
+                # A bandwidth trickle with the pump paused and a few events sent through it:
+                # no ending, all delivered in order.
+                rate = rng.choice([4000, 16000])
+                params = {
+                    "rate": rate,
+                    "events": rng.randint(1, 5),
+                    "hold_s": rng.uniform(0.3, 0.8),
+                    "label": f"{rate}B/s",
+                }
+                return Step(kind, params, "none", [], False)
             case "oversized":
                 return single(1009, "1009")
             case "malformed":
@@ -1010,7 +1104,7 @@ class Runner:
             # the socket before the fault landed: the planned outcome cannot come. Not a hang:
             # _judge counts the step as disturbed (the differential check still ran on every
             # event). Any other timeout is a hang.
-            pre_empted = step.kind not in ("zombie", "half_open") and any(
+            pre_empted = step.kind not in WATCHDOG_KINDS and any(
                 e.kind in ("watchdog", "deadline") for e, _ in obs.endings
             )
             if not pre_empted:
@@ -1024,6 +1118,7 @@ class Runner:
             obs.drop_hooks()
             slot.gw.faults.reset()
             slot.gw.faults.heartbeat_timeout_intervals = None  # as at setup
+            slot.proxy.clear()  # per-relay faults die with their relay; global ones end here
         disturbed = self._judge(slot, step)
         if slot.mgr.state is State.FATAL or slot.task.done():
             await self._after_fatal(slot, step, disturbed)
@@ -1039,6 +1134,7 @@ class Runner:
         )
         slot.check_state_file()
         await slot.flush()
+        slot.prune_relays()
         slot.paused = False
 
     # -- injecting ----------------------------------------------------------------------------
@@ -1108,8 +1204,52 @@ class Runner:
             case "fatal_4004":
                 f.identify_close = 4004
                 await gw.close(4006)
+            case "net_stall":
+                slot.proxy_conn().set(stall=True)
+            case "net_reset":
+                slot.proxy_conn().set(reset_after_bytes=p["after_bytes"])
+            case "net_half_close":
+                slot.proxy_conn().set(half_close=True)
+            case "net_latency":
+                await self._net_latency(slot, p)
+            case "net_trickle":
+                await self._net_trickle(slot, p)
             case _:
                 raise AssertionError(step.kind)
+
+    @staticmethod
+    def _ack_deadline_s(slot: Slot) -> float:
+        hb = slot.gw.heartbeat_interval_ms / 1000
+        return hb * slot.policy.heartbeat_ack_timeout_ratio
+
+    async def _net_latency(self, slot: Slot, p: dict[str, Any]) -> None:
+        """Latency on the relay for ``hold_s``. The round trip plus the loop's recent lag stays
+        under half the ACK deadline: on a loaded machine the added latency shrinks (a late loop
+        plus a late ACK is not the fault being tested), recorded in the label's count."""
+        budget = self._ack_deadline_s(slot) / 2 - LoopLag.recent_s
+        latency = min(p["latency_s"], max(budget, 0.0) / 2)
+        if latency < p["latency_s"]:
+            self.report.disturbances["net_latency shrunk for loop lag"] += 1
+        slot.proxy.set(latency_s=latency)
+        try:
+            await asyncio.sleep(p["hold_s"])
+        finally:
+            slot.proxy.set(latency_s=0.0)
+
+    async def _net_trickle(self, slot: Slot, p: dict[str, Any]) -> None:
+        """A trickle of ``rate`` bytes a second both ways with the pump paused; a few events are
+        sent through it one at a time (each well under the ACK deadline at that rate)."""
+        slot.paused = True
+        slot.proxy.set(rate_bytes_s=float(p["rate"]))
+        try:
+            sid = slot.gw.current_session_id
+            for _ in range(p["events"]):
+                if sid is not None and sid == slot.gw.current_session_id:
+                    slot._pumped += 1
+                    slot.gw.dispatch_nowait("SOAK_EVENT", {"sid": sid, "n": slot._pumped})
+                await asyncio.sleep(p["hold_s"] / p["events"])
+        finally:
+            slot.proxy.set(rate_bytes_s=None)
 
     @staticmethod
     async def _trigger(slot: Slot, code: int | None) -> None:
@@ -1173,7 +1313,7 @@ class Runner:
         labels = [e.label() for e, _ in actual]
         planned = [pl.label() for pl in step.plan]
         reasons: list[str] = []
-        if step.kind not in ("zombie", "half_open"):
+        if step.kind not in WATCHDOG_KINDS:
             reasons += [
                 f"unplanned {e.label()}" for e, _ in actual if e.kind in ("watchdog", "deadline")
             ]
@@ -1261,6 +1401,7 @@ async def _lag_monitor(report: SoakReport) -> None:
         before = loop.time()
         await asyncio.sleep(0.02)
         lag = loop.time() - before - 0.02
+        LoopLag.sample(lag)
         report.phase_time[report.phase] += lag + 0.02
         if lag > 0.1:
             report.lag_spikes[report.phase] += 1

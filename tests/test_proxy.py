@@ -146,3 +146,22 @@ async def test_aclose_ends_every_relay_within_its_bound() -> None:
         assert time.monotonic() - started < 2.0
         assert all(t.done() for c in proxy.connections for t in c._tasks)
         writer.close()
+
+
+async def test_reset_after_bytes_set_while_a_read_waits_still_cuts_where_asked() -> None:
+    """reset_after_bytes set on a relay already waiting for data (as in the soak: the relay
+    is idle between frames) forwards exactly that many bytes of the next chunk, then resets."""
+    async with echo_behind_proxy() as proxy:
+        reader, writer = await _open(proxy)
+        writer.write(b"warm")
+        async with asyncio.timeout(2):
+            assert await reader.readexactly(4) == b"warm"  # both pumps now wait in a read
+        proxy.live()[0].set(reset_after_bytes=3)
+        writer.write(b"abcdef")
+        got = b""
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            async with asyncio.timeout(2):
+                while chunk := await reader.read(10):
+                    got += chunk
+        assert got == b"abc" and proxy.connections[0].ended == "reset"
+        writer.close()

@@ -259,6 +259,9 @@ class FaultProxy:
                     conn.stalled_bytes += len(data)
                     continue
                 if not upstream and conn._down_budget is not None:
+                    # The budget may have been set while this read was waiting with a larger
+                    # limit: forward only what is left of it, so the cut lands where asked.
+                    data = data[: max(conn._down_budget, 0)]
                     conn._down_budget -= len(data)
                 buffered[0] += len(data)
                 await held.put((time.monotonic() + f.latency_s, data))
