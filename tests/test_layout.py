@@ -38,6 +38,7 @@ CORE = (
     "protocol",
     "errors",
     "endings",
+    "observations",
     "checkpoint",
 )
 
