@@ -3,7 +3,7 @@
 Theory of operation
 ===================
 
-Rule 1: everything that decides what a connection does lives in this module. The driver
+Rule 1: everything that decides what a connection does lives in this package. The driver
 observes sockets and timers, feeds the facts in as :mod:`~qqconn.events`, and carries out the
 :mod:`~qqconn.commands` that come back. Nothing else decides. There is one door:
 :meth:`ConnectionMachine.handle`. Everything the host or a restart needs crosses it as an event
