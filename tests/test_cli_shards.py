@@ -239,6 +239,23 @@ async def test_http_with_several_shards_is_ready_only_when_every_shard_is(
         _never_two_in_a_window(gw)
 
 
+async def test_one_shard_fatal_stops_every_shard_and_exits_78(tmp_path: Path) -> None:
+    """`--shards 2`: one shard told 4915 (banned) is FATAL, not retryable; the other shard is
+    stopped with it (one process, one bot: on_shard_fatal="stop_all") and the exit is 78,
+    as for one shard; the state file says which shard failed."""
+    async with _gateway(16) as gw, run_cli(gw, tmp_path, "--shards", "2") as p:
+        await p.until(lambda: (p.state() or {}).get("state") == "alive", timeout=20)
+        (sock,) = [
+            c.index for c in gw.connections if c.is_open and c.session_id == gw.shard_session_id(1)
+        ]
+        await gw.close(4915, index=sock)
+        assert await p.exit_status(timeout=20) == cli.EXIT_FATAL_PERMANENT == 78, p.err
+        shards = (p.state() or {})["shards"]
+        assert shards["1"]["state"] == "fatal" and shards["1"]["fatal"]["retryable"] is False
+        assert shards["0"]["state"] == "stopped"
+        assert not [c for c in gw.connections if c.is_open]
+
+
 def test_status_of_several_shards_needs_every_one_alive(tmp_path: Path) -> None:
     """A file of several shards is unhealthy as soon as one shard is not alive."""
     import time
