@@ -51,6 +51,7 @@ def _live_machine() -> ConnectionMachine:
     machine = explore.new_machine(explore.POLICY)
     for event in (
         ev.Started(0.0),
+        ev.IdentifyPermitted(0.05),
         ev.SocketOpened(1, 0.1),
         ev.HelloReceived(1, 0.2, HELLO_INTERVAL_MS),
         ready_received(1, 0.3, "session", 0),

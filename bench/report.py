@@ -527,14 +527,14 @@ def gaps(r: dict[str, Any], judged: dict[str, Any]) -> str:
             f"**1. Dispatch throughput ({ratio:.2f}× bare).** Both clients spend most of their time "
             "in the same places (websockets' frame parser and its message assembler, and "
             "`json.loads`, about half of qqconn's samples; see the profile below). qqconn adds, per "
-            "event: a typed `Dispatch` (a frozen dataclass: each field goes through "
-            "`object.__setattr__`, ~1.2–1.6 µs with keyword arguments), the checks of "
-            "`protocol.parse_frame` (comparing `op` with `OpCode` members costs ~0.2 µs each, "
-            "against ~0.03 µs for an int literal), a `DispatchReceived` event and a "
-            "`DeliverDispatch` command object for the machine's fast path (~1 µs), and the hop "
-            "through an `asyncio.Queue` to the host task (put, get, task_done, a coroutine per "
-            "event for `_deliver`, `inspect.isawaitable`). Two of those are applied in this tree (a literal `op == 0` with positional `Dispatch(...)`, and the allocation-free machine method `accept_dispatch(attempt, at, seq)`); measured on a scratch copy, adding the other two (no per-event `_deliver` coroutine, and calling a synchronous `on_dispatch` inline when the host queue is idle) took qqconn to about 0.8× of bare (CPU per event 21 → 16 µs against 13–15 µs); 0.9× needs the per-event cost under ~1.5 µs above bare, i.e. no per-event "
-            "objects besides the `Dispatch` itself and no queue hop for synchronous callbacks.\n"
+            "event: a typed `Dispatch`, the checks of `protocol.parse_frame`, the machine's "
+            "dispatch fast path (`handle_dispatch`; item 6 puts it near a hand-written dict "
+            "dispatch), and telling the machine what the host finished with (the resume "
+            "checkpoint). The host lane no longer adds a hop: a plain `on_dispatch` runs inline "
+            "from a loop callback, in slices, with no `asyncio.Queue`, task or coroutine per event "
+            "(an `async def` callback still runs in its lane's task). What is left is the row "
+            '"Client CPU per event" above: 0.9× needs qqconn\'s per-event cost within about '
+            "1.5 µs of bare, i.e. no per-event object besides the `Dispatch` itself.\n"
         )
     z = judged.get("zombie")
     if z and not z[0] and z[1] is not None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from qqconn import cli
@@ -25,6 +26,7 @@ from qqconn.cli.status import judge
 from qqconn.testing import FakeGateway
 from tests.redis_support import RedisServer, redis_server
 from tests.test_cli import HB_MS, POLICY_TOML, SECRET, Proc, _env, _pump
+from tests.test_cli_http import ops_url
 
 __all__ = ["redis_server"]
 
@@ -34,11 +36,11 @@ POLICY = POLICY_TOML + f"identify_window_s = {WINDOW_S}\nresume_window_s = 60.0\
 
 @contextlib.asynccontextmanager
 async def run_cli(
-    gw: FakeGateway, workdir: Path, *extra: str, state: bool = True
+    gw: FakeGateway, workdir: Path, *extra: str, state: bool = True, policy: str = POLICY
 ) -> AsyncIterator[Proc]:
     """``python -m qqconn run`` in ``workdir`` (its only files are made there)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "qqconn.toml").write_text(POLICY)
+    (workdir / "qqconn.toml").write_text(policy)
     args = [
         "--app-id",
         gw.app_id,
@@ -154,6 +156,104 @@ async def test_shards_auto_runs_the_recommended_count(tmp_path: Path) -> None:
         assert await p.exit_status() == 0, p.err
         status, text = await _status(p.state_file)
         assert status == 1 and "shard 0: state is stopped" in text
+
+
+def _file_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_output_file_of_several_shards_resumes_each_from_its_own_lines(
+    tmp_path: Path,
+) -> None:
+    """`--shards 3 --output FILE`: every line of the file carries its shard; a SIGKILL and a
+    restart with the same file (no state file) Resumes every shard from its own last line:
+    no new Identify, and every event, those sent while it was down included, exactly once,
+    on the shard its guild routes to."""
+    out = tmp_path / "events.jsonl"
+    guilds = (0, 1 << 22, 2 << 22, 4 << 22)
+    async with _gateway(14) as gw:
+        gw.recommended_shards = 3
+        args = ("--shards", "3", "--output", str(out))
+        async with run_cli(gw, tmp_path, *args, state=False) as p:
+            await p.until(lambda: out.exists() and len(_file_lines(out)) >= 3, timeout=20)
+            before = [await gw.dispatch_guild("AT_MESSAGE_CREATE", g) for g in guilds]
+            await p.until(lambda: len(_file_lines(out)) >= 3 + len(before), timeout=10)
+            p.proc.send_signal(signal.SIGKILL)
+            assert await p.exit_status() == -signal.SIGKILL
+            assert p.stdout == []  # the events went to the file, not stdout
+        during = [await gw.dispatch_guild("AT_MESSAGE_CREATE", g) for g in guilds]
+        async with run_cli(gw, tmp_path, *args, state=False) as q:
+            await q.until(lambda: len(_file_lines(out)) >= 3 + 2 * len(guilds), timeout=20)
+            after = [await gw.dispatch_guild("AT_MESSAGE_CREATE", g) for g in guilds]
+            await q.until(lambda: len(_file_lines(out)) >= 3 + 3 * len(guilds), timeout=10)
+            q.proc.send_signal(signal.SIGTERM)
+            assert await q.exit_status() == 0, q.err
+    lines = _file_lines(out)
+    assert all(type(d.get("shard")) is int for d in lines)
+    assert sorted(d["shard"] for d in lines if d["t"] == "READY") == [0, 1, 2]
+    assert gw.identifies == 3 and gw.resumes == 3
+    events = [(d["shard"], d["s"]) for d in lines if d["t"] != "READY"]
+    assert sorted(events) == sorted(before + during + after)  # none lost, none twice
+    for shard in (0, 1, 2):
+        seqs = [s for i, s in events if i == shard]
+        assert seqs == sorted(seqs)
+
+
+async def test_http_with_several_shards_is_ready_only_when_every_shard_is(
+    tmp_path: Path,
+) -> None:
+    """`--shards 2 --http`: the ops endpoints watch both shards. While shard 1 waits for its
+    identify permit (a 3 s window), /readyz is 503 naming it; once both are ALIVE it is 200,
+    /metrics has a state series per shard, /status.json lists both; no secret anywhere."""
+    window = 3.0
+    policy = POLICY_TOML + f"identify_window_s = {window}\nresume_window_s = 60.0\n"
+    async with _gateway(15) as gw, httpx.AsyncClient(timeout=5.0) as http:
+        gw.identify_window_s = window
+        async with run_cli(
+            gw, tmp_path, "--shards", "2", "--http", "127.0.0.1:0", policy=policy
+        ) as p:
+            await p.until(lambda: ops_url(p) is not None, timeout=20)
+            base = str(ops_url(p))
+            async with asyncio.timeout(20):  # until shard 0 is ALIVE (bounded)
+                while True:
+                    early = await http.get(base + "readyz")
+                    waiting = early.json()["not_ready"]
+                    if waiting and "0/2" not in [w["shard"] for w in waiting]:
+                        break
+                    await asyncio.sleep(0.05)
+            assert early.status_code == 503, early.text
+            assert [(w["shard"], w["state"]) for w in waiting] == [("1/2", "awaiting_permit")]
+            assert len(gw.identify_log) == 1
+            await p.until(lambda: len(gw.identify_log) == 2, timeout=20)
+            await p.until(lambda: (p.state() or {}).get("state") == "alive", timeout=20)
+            ready = await http.get(base + "readyz")
+            assert ready.status_code == 200, ready.text
+            metrics = (await http.get(base + "metrics")).text
+            for shard in ("0/2", "1/2"):
+                labels = f'app_id="{gw.app_id}",shard="{shard}"'
+                assert f'qqconn_connection_state{{{labels},state="alive"}} 1.0' in metrics
+            status = (await http.get(base + "status.json")).json()
+            assert sorted(c["shard"] for c in status["connections"]) == ["0/2", "1/2"]
+            for text in (metrics, ready.text, json.dumps(status), p.err):
+                assert SECRET not in text and gw.valid_token() not in text
+        _never_two_in_a_window(gw)
+
+
+async def test_one_shard_fatal_stops_every_shard_and_exits_78(tmp_path: Path) -> None:
+    """`--shards 2`: one shard told 4915 (banned) is FATAL, not retryable; the other shard is
+    stopped with it (one process, one bot: on_shard_fatal="stop_all") and the exit is 78,
+    as for one shard; the state file says which shard failed."""
+    async with _gateway(16) as gw, run_cli(gw, tmp_path, "--shards", "2") as p:
+        await p.until(lambda: (p.state() or {}).get("state") == "alive", timeout=20)
+        (sock,) = [
+            c.index for c in gw.connections if c.is_open and c.session_id == gw.shard_session_id(1)
+        ]
+        await gw.close(4915, index=sock)
+        assert await p.exit_status(timeout=20) == cli.EXIT_FATAL_PERMANENT == 78, p.err
+        shards = (p.state() or {})["shards"]
+        assert shards["1"]["state"] == "fatal" and shards["1"]["fatal"]["retryable"] is False
+        assert shards["0"]["state"] == "stopped"
+        assert not [c for c in gw.connections if c.is_open]
 
 
 def test_status_of_several_shards_needs_every_one_alive(tmp_path: Path) -> None:

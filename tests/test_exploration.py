@@ -13,9 +13,9 @@ import pytest
 
 from qqconn import commands as cmd
 from qqconn import events as ev
-from qqconn import machine as machine_module
 from qqconn.errors import LocalProtocolError
 from qqconn.machine import TRANSITIONS, TRIGGERS, ConnectionMachine, State
+from qqconn.machine import table as machine_table
 from qqconn.policy import Policy
 from tests import explore as x
 
@@ -250,7 +250,7 @@ def test_checker_finds_a_reset_on_ready(monkeypatch: pytest.MonkeyPatch) -> None
 def test_checker_finds_a_silent_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the generated catch-all rows, some trigger is answered by no row: found, with
     its shortest event sequence, and the static check names the gaps."""
-    monkeypatch.setattr(machine_module, "_has_catch_all", lambda *_: True)
+    monkeypatch.setattr(machine_table, "_has_catch_all", lambda *_: True)
     assert x.table_outcome_gaps()  # a fresh engine reads the changed table
     out = x.explore(TINY)
     no_row = [v for v in out.violations if "answered by no row" in v.message]

@@ -38,6 +38,7 @@ CORE = (
     "protocol",
     "errors",
     "endings",
+    "observations",
     "checkpoint",
 )
 
@@ -78,8 +79,29 @@ def _forbidden(name: str) -> bool:
     return any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN)
 
 
+def _exists(name: str) -> bool:
+    """Is the core module ``name`` in qqconn/, as a module or as a package?"""
+    return (PACKAGE / f"{name}.py").exists() or (PACKAGE / name / "__init__.py").exists()
+
+
 def _present() -> list[str]:
-    return [name for name in CORE if (PACKAGE / f"{name}.py").exists()]
+    return [name for name in CORE if _exists(name)]
+
+
+def _core_files() -> list[tuple[str, Path]]:
+    """Every source file of the core, as (dotted module name, path): a core package's
+    submodules are core too (``qqconn.machine.table``)."""
+    files = []
+    for name in _present():
+        single = PACKAGE / f"{name}.py"
+        if single.exists():
+            files.append((f"qqconn.{name}", single))
+            continue
+        for path in sorted((PACKAGE / name).rglob("*.py")):
+            parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+            dotted = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            files.append((dotted, path))
+    return files
 
 
 def static_violations(source: str, module: str) -> list[str]:
@@ -183,7 +205,7 @@ def _not_loaded(name: str) -> bool:
 
 def test_every_core_module_exists() -> None:
     """Each module of CORE is in qqconn/ (endings and checkpoint arrive with issue 9's machine work)."""
-    missing = [name for name in CORE if not (PACKAGE / f"{name}.py").exists()]
+    missing = [name for name in CORE if not _exists(name)]
     assert not missing, f"core modules missing from qqconn/: {missing}"
 
 
@@ -197,21 +219,30 @@ def test_every_top_level_module_is_placed() -> None:
     assert not unplaced, f"place these in tests/test_layout.py (CORE or SHELL): {unplaced}"
 
 
-@pytest.mark.parametrize("name", _present())
-def test_core_module_imports_nothing_forbidden(name: str) -> None:
+@pytest.mark.parametrize(("module", "path"), _core_files(), ids=[m for m, _ in _core_files()])
+def test_core_module_imports_nothing_forbidden(module: str, path: Path) -> None:
     """The core module's source imports no asyncio, websockets, httpx, time, driver, CLI,
-    demo or testing, anywhere in the file."""
-    source = (PACKAGE / f"{name}.py").read_text(encoding="utf-8")
-    found = static_violations(source, f"qqconn.{name}")
-    assert not found, f"qqconn/{name}.py: {found}"
+    demo or testing, anywhere in the file (each module of a core package too)."""
+    source = path.read_text(encoding="utf-8")
+    is_package = path.name == "__init__.py"
+    found = static_violations(source, f"{module}.__init__" if is_package else module)
+    assert not found, f"{path.relative_to(ROOT)}: {found}"
 
 
-@pytest.mark.parametrize("name", _present())
-def test_core_module_pulls_in_nothing_forbidden(name: str) -> None:
+@pytest.mark.parametrize("module", [m for m, _ in _core_files()])
+def test_core_module_pulls_in_nothing_forbidden(module: str) -> None:
     """Imported alone in a fresh interpreter, the core module (and every qqconn module it
     brings) imports nothing forbidden, and no shell module or I/O library is loaded."""
-    found = dynamic_violations(f"qqconn.{name}")
-    assert not found, f"import qqconn.{name}: {found}"
+    found = dynamic_violations(module)
+    assert not found, f"import {module}: {found}"
+
+
+def test_core_packages_are_walked() -> None:
+    """The machine is a package: each of its modules is checked on its own, so a forbidden
+    import in any of them (not only its ``__init__``) is seen."""
+    modules = {m for m, _ in _core_files()}
+    assert {"qqconn.machine", "qqconn.machine.table", "qqconn.machine.model"} <= modules
+    assert "qqconn.events" in modules
 
 
 # -- the checks can fail ----------------------------------------------------------------------
@@ -260,6 +291,44 @@ def test_dynamic_check_catches_an_import_hidden_from_the_parser(tmp_path: Path) 
     assert ("probe.hidden", "time") in imports
     imports, loaded = dynamic_report("probe.core", "probe", tmp_path)
     assert ("probe.helper", "asyncio") in imports and "probe.helper" in loaded
+
+
+# -- small modules ----------------------------------------------------------------------------
+
+#: No module under qqconn/ may be longer than this many lines (issue 9) ...
+MAX_LINES = 500
+#: ... except in these top-level packages (the CLI and the demo), and nowhere else.
+LONG_ALLOWED = ("cli", "demo")
+
+
+def too_long(root: Path, limit: int = MAX_LINES) -> list[str]:
+    """Each ``*.py`` under ``root`` (outside LONG_ALLOWED) longer than ``limit`` lines."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] in LONG_ALLOWED:
+            continue
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > limit:
+            found.append(f"{path.relative_to(root)}: {lines} lines")
+    return found
+
+
+def test_no_module_is_longer_than_the_limit() -> None:
+    """Every module under qqconn/ but the CLI and the demo is at most MAX_LINES long."""
+    assert len(list(PACKAGE.rglob("*.py"))) > 20  # the walk found the package
+    found = too_long(PACKAGE)
+    assert not found, f"split these (at most {MAX_LINES} lines):\n" + "\n".join(found)
+
+
+def test_length_check_catches_a_long_module(tmp_path: Path) -> None:
+    """A module over the limit is named, one at the limit passes, and cli/ and demo/ are
+    exempt (only they)."""
+    (tmp_path / "ok.py").write_text("x = 1\n" * 5)
+    (tmp_path / "long.py").write_text("x = 1\n" * 6)
+    for name in ("cli", "demo", "driver"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "big.py").write_text("x = 1\n" * 9)
+    assert too_long(tmp_path, limit=5) == ["driver/big.py: 9 lines", "long.py: 6 lines"]
 
 
 # -- no reader is sent out of the repository --------------------------------------------------

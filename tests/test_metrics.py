@@ -354,3 +354,19 @@ def test_the_readme_lists_every_metric_with_its_type_and_labels() -> None:
             labels = {c.strip("` ") for c in cells[2].split(",")} - {"—"}
             rows[cells[0].strip("`").removesuffix("_total")] = (cells[1], labels)
     assert rows == EXPECTED
+
+
+def test_state_names_are_the_machine_states_in_order() -> None:
+    """STATE_NAMES is every :class:`qqconn.State` value, in the machine's order: awaiting a
+    permit included, so a connection waiting for the identify limiter shows on the gauge."""
+    assert tuple(state.value for state in State) == STATE_NAMES
+    metrics = Metrics()
+    conn = metrics.for_connection("1", "0/1")
+    conn.state_changed("awaiting_permit")
+    families = scrape(metrics)
+    assert value(families, "qqconn_connection_state", state="awaiting_permit") == 1
+    assert value(families, "qqconn_connection_state", state="connecting") == 0
+    conn.state_changed("connecting")
+    families = scrape(metrics)
+    assert value(families, "qqconn_connection_state", state="awaiting_permit") == 0
+    assert value(families, "qqconn_connection_state", state="connecting") == 1

@@ -256,6 +256,9 @@ async def test_four_shards_identify_within_the_limit(mc: int) -> None:
         # never more than mc in any window
         for t0, _ in log:
             assert sum(1 for t, _ in log if t0 <= t < t0 + WINDOW_S) <= mc
+        # and the limit is used: mc Identifies (one per bucket) in the first window
+        first = log[0][0]
+        assert sorted(s for t, s in log if t < first + WINDOW_S) == list(range(mc))
 
 
 async def test_remaining_zero_waits_reset_after() -> None:

@@ -9,6 +9,8 @@ import contextlib
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from qqconn import BotShards, ConnectionManager, FatalError, State
 from qqconn.driver import apps
 from qqconn.testing import FakeGateway
@@ -120,3 +122,64 @@ async def test_three_bots_of_two_shards_in_one_process() -> None:
                 await b.stop()
         assert isinstance(outcome[1], FatalError) and not outcome[1].retryable
         assert outcome[0] is None and outcome[2] is None
+
+
+async def test_keep_others_one_shard_fatal_and_the_host_starts_it_again() -> None:
+    """on_shard_fatal="keep_others": one shard's FATAL is reported once to on_fatal and the
+    other shard carries on, untouched; the host starts the failed shard again as the README
+    says (a BotShards of that one shard id, sharing the first one's limiter), which comes up
+    without breaking the identify limit; run() raises the FATAL only once every shard ended."""
+    async with FakeGateway(heartbeat_interval_ms=HB_MS, seed=23) as gw:
+        gw.faults.enforce_session_limit = True
+        gw.identify_window_s = WINDOW_S
+        seen: list[tuple[int, bool]] = []
+
+        def shards(**kw: Any) -> BotShards:
+            return BotShards(
+                app_id=gw.app_id,
+                client_secret=gw.client_secret,
+                intents=INTENTS,
+                shards=2,
+                policy=POLICY,
+                api_base=gw.api_base,
+                token_url=gw.token_url,
+                **kw,
+            )
+
+        bot = shards(
+            on_shard_fatal="keep_others", on_fatal=lambda i, e: seen.append((i, e.retryable))
+        )
+        task = asyncio.create_task(bot.run())
+        again: BotShards | None = None
+        again_task: asyncio.Task[None] | None = None
+        try:
+            await _until(lambda: bot.all_alive, 15)
+            first_session = gw.shard_session_id(0)
+            (sock,) = [
+                c.index
+                for c in gw.connections
+                if c.is_open and c.session_id == gw.shard_session_id(1)
+            ]
+            await gw.close(4915, index=sock)  # shard 1 alone is told "banned"
+            await _until(lambda: bot.managers[1].state is State.FATAL, 15)
+            await asyncio.sleep(WINDOW_S)  # the survivor is left alone meanwhile
+            assert seen == [(1, False)] and set(bot.fatal) == {1}
+            assert bot.managers[0].state is State.ALIVE and not task.done()
+            assert gw.shard_session_id(0) == first_session
+            again = shards(shard_ids=[1], permits=bot.permits)
+            again_task = asyncio.create_task(again.run())
+            await _until(lambda: again is not None and again.all_alive, 15)
+            assert bot.managers[0].state is State.ALIVE
+            assert gw.refused_starts == [] and [s for _, s in gw.identify_log] == [0, 1, 1]
+        finally:
+            if again is not None:
+                await again.stop()
+            await bot.stop()
+            async with asyncio.timeout(10):
+                if again_task is not None:
+                    await again_task
+                with contextlib.suppress(FatalError):
+                    await task
+        with pytest.raises(FatalError) as info:
+            task.result()
+        assert not info.value.retryable

@@ -13,6 +13,15 @@ manager given another secret is another credential, not a sharer), the token URL
 the token refresh margin and the connect timeout. Managers that differ in any of them do not
 share, which is always safe.
 
+A shared client is also a shared queue. httpx's pool, asked for more requests than it has
+connections, queues the rest and re-scans that whole queue against every connection each
+time a request starts or ends: with a thousand managers of one app starting together that
+is quadratic work on the event loop (whole seconds at a time), which starved heartbeats and
+handshakes until nothing came up. So the shared client admits at most
+:data:`SHARED_HTTP_IN_FLIGHT` requests at a time (an ``asyncio.Semaphore`` in front of the
+transport, whose waiters cost nothing per wake), and its pool keeps that many connections
+alive, so a ramp neither queues inside httpx nor reopens sockets.
+
 The identify limiter (docs/behaviour.md rule 17) is shared among managers of one app whose
 ``shard`` count is above one (the shards of one bot); a manager with ``shard=(0, 1)`` is a
 bot of its own and keeps its own limiter unless one is passed in (``permits=``).
@@ -34,7 +43,65 @@ import httpx
 from qqconn.driver.permits import LocalIdentifyLimiter
 from qqconn.driver.tokens import Secret, TokenSource, tls_context
 
-__all__ = ["AppLink", "shared_app", "shared_limiter"]
+__all__ = ["SHARED_HTTP_IN_FLIGHT", "AppLink", "GatedTransport", "shared_app", "shared_limiter"]
+
+#: Requests one app's shared client has in flight at once (and connections it keeps alive).
+#: On loopback a request takes about a millisecond; against QQ tens: either way hundreds of
+#: managers a second get their token and gateway URL, far more than QQ lets Identify.
+SHARED_HTTP_IN_FLIGHT = 16
+
+
+class _GatedStream(httpx.AsyncByteStream):
+    """A response body that gives its permit back when it is closed (or fails)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class GatedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that lets at most ``limit`` requests in at a time; a permit is held
+    from sending the request until its response body is closed (httpx closes it once read)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int) -> None:
+        self._inner = inner
+        self._gate = asyncio.Semaphore(limit)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._gate.acquire()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            self._gate.release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _GatedStream(response.stream, self._gate.release)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _shared_client(timeout_s: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=SHARED_HTTP_IN_FLIGHT, max_keepalive_connections=SHARED_HTTP_IN_FLIGHT
+    )
+    inner = httpx.AsyncHTTPTransport(verify=tls_context(), limits=limits)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s), transport=GatedTransport(inner, SHARED_HTTP_IN_FLIGHT)
+    )
 
 
 @dataclass(eq=False, slots=True)
@@ -87,7 +154,7 @@ async def shared_app(
     key = _key(app_id, secret, token_url, clock, margin_s, timeout_s)
     link = links.get(key)
     if link is None:
-        http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), verify=tls_context())
+        http = _shared_client(timeout_s)
         link = links[key] = AppLink(
             http, TokenSource(http, token_url, app_id, secret, clock, margin_s)
         )

@@ -22,9 +22,9 @@ from qqconn.driver.host import HostLane
 from qqconn.driver.permits import Granted
 from qqconn.errors import FatalError
 from qqconn.machine import ConnectionMachine
-from qqconn.metrics import NO_METRICS, ConnectionObserver
+from qqconn.metrics import NO_METRICS, ConnectionObserver, ending_kind
 
-__all__ = ["Feeder", "Timers"]
+__all__ = ["Feeder", "Timers", "observe_change"]
 
 
 class Timers:
@@ -201,3 +201,14 @@ class Feeder:
             self.feed(ev.TimerFired(timer, attempt, self.clock(), late_s))
         except Exception:  # a bug here ends this connection, never the host
             self.internal_error(attempt)
+
+
+def observe_change(
+    obs: ConnectionObserver, machine: ConnectionMachine, change: cmd.AnnounceState
+) -> None:
+    """The metrics hooks for a state change (NO_METRICS: nothing). An ``assess`` change
+    carries the ending it assessed, already counted when that connection ended."""
+    m = machine
+    if change.ending is not None and change.trigger != "assess":
+        obs.connection_ended(ending_kind(change.ending.kind), m.quick_drops, m.failed_attempts)
+    obs.state_changed(change.state, quick_drops=m.quick_drops, failed_attempts=m.failed_attempts)

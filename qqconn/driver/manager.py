@@ -24,21 +24,29 @@ from qqconn import commands as cmd
 from qqconn import events as ev
 from qqconn._log import get_logger
 from qqconn.checkpoint import Resumable
-from qqconn.driver.apps import shared_app, shared_limiter
+from qqconn.driver.apps import shared_limiter
 from qqconn.driver.attempt import RunContext
-from qqconn.driver.feed import Feeder
+from qqconn.driver.config import check_config, resume_point
+from qqconn.driver.feed import Feeder, observe_change
 from qqconn.driver.host import (
     DispatchCallback,
     FatalCallback,
     HostLane,
     StateCallback,
 )
+from qqconn.driver.link import app_link
 from qqconn.driver.permits import IdentifyLimiter, LocalIdentifyLimiter
-from qqconn.driver.statefile import CheckpointStore, StateFile, judge_stored
+from qqconn.driver.statefile import (
+    CheckpointStore,
+    StateFile,
+    flush_store,
+    judge_stored,
+    load_stored,
+)
 from qqconn.driver.tokens import DEFAULT_TOKEN_URL, Secret, TokenSource
-from qqconn.errors import ConfigError, FatalError, LocalProtocolError
+from qqconn.errors import FatalError, LocalProtocolError
 from qqconn.machine import ConnectionMachine, State
-from qqconn.metrics import NO_METRICS, ConnectionObserver, Metrics, ending_kind
+from qqconn.metrics import NO_METRICS, ConnectionObserver, Metrics
 from qqconn.policy import Policy
 
 __all__ = ["DEFAULT_API_BASE", "ConnectionManager"]
@@ -91,7 +99,7 @@ class ConnectionManager:
         metrics: Metrics | None = None,
         checkpoints: CheckpointStore | None = None,
     ) -> None:
-        _check_config(app_id, client_secret, intents, shard, api_base, token_url)
+        check_config(app_id, client_secret, intents, shard, api_base, token_url)
         self.app_id = app_id
         self._secret = Secret(client_secret)
         self.intents = intents
@@ -112,7 +120,14 @@ class ConnectionManager:
         self.checkpoints = checkpoints
         self._resume_given = resume_from is not None
         self._rng = rng
-        restored = self._resumable(resume_from)
+        restored = resume_point(
+            self._file,
+            resume_from,
+            app_id=self.app_id,
+            shard=self.shard,
+            resume_window_s=self.policy.resume_window_s,
+            log=self._log,
+        )
         self._machine = ConnectionMachine(self.policy, rng=rng, logger=self._log, restored=restored)
         self._host = HostLane(
             on_dispatch=on_dispatch,
@@ -290,7 +305,7 @@ class ConnectionManager:
                 self._host.cancel()
                 self.write_state_file()
                 if self.checkpoints is not None:
-                    await self._flush_store()
+                    await flush_store(self.checkpoints, self.policy.close_timeout_s, self._log)
         finally:
             self._feeder.timers.cancel_all()
             self._host.cancel()  # no lane runs a callback after run() (inline runs included)
@@ -303,32 +318,26 @@ class ConnectionManager:
         if fatal is not None:
             raise FatalError(fatal.reason, close_code=fatal.close_code, retryable=fatal.retryable)
 
-    @contextlib.asynccontextmanager
-    async def _app(self) -> Any:
-        """The HTTP client and token source of this run: the host's, else the app's shared
-        ones (:mod:`qqconn.driver.apps`)."""
-        if self._shared_http is not None:  # the host's (BotShards): it closes it, not us
-            http = self._shared_http
-            tokens = self._given_tokens or TokenSource(
-                http,
+    def _app(self) -> contextlib.AbstractAsyncContextManager[tuple[httpx.AsyncClient, Any]]:
+        """The HTTP client and token source of this run (:func:`~qqconn.driver.link.app_link`)."""
+        if self._shared_http is not None and self._given_tokens is None:
+            self._given_tokens = TokenSource(
+                self._shared_http,
                 self.token_url,
                 self.app_id,
                 self._secret,
                 self._clock,
                 self.policy.token_refresh_margin_s,
             )
-            self._given_tokens = tokens
-            yield http, tokens
-            return
-        async with shared_app(
+        return app_link(
+            self._shared_http,
+            self._given_tokens,
             app_id=self.app_id,
             secret=self._secret,
             token_url=self.token_url,
             clock=self._clock,
-            margin_s=self.policy.token_refresh_margin_s,
-            timeout_s=self.policy.connect_timeout_s,
-        ) as link:
-            yield link.http, self._given_tokens or link.tokens
+            policy=self.policy,
+        )
 
     async def _restore_from_store(self) -> None:
         """A run with no session of its own asks the checkpoint store for one (a shard
@@ -337,15 +346,10 @@ class ConnectionManager:
         store = self.checkpoints
         if store is None or self._resume_given or self._machine.checkpoint is not None:
             return
-        try:
-            async with asyncio.timeout(self.policy.connect_timeout_s):
-                doc = await store.load(self.app_id, self.shard)
-        except Exception as exc:
-            self._log.warning(
-                "qqconn.checkpoint_store_unavailable",
-                error=f"{type(exc).__name__}: {exc}"[:200],
-                then="identify",
-            )
+        answered, doc = await load_stored(
+            store, self.app_id, self.shard, self.policy.connect_timeout_s, self._log
+        )
+        if not answered:
             return
         if self._machine.is_terminal:  # stop() came while the store answered
             return
@@ -363,15 +367,6 @@ class ConnectionManager:
         )
         self._host.ready = restored.ready
         self._feeder = self._new_feeder()
-
-    async def _flush_store(self) -> None:
-        assert self.checkpoints is not None
-        try:
-            await self.checkpoints.flush(self.policy.close_timeout_s)
-        except Exception as exc:  # the store's own bug or absence: logged, the run still ends
-            self._log.warning(
-                "qqconn.checkpoint_store_unavailable", error=f"{type(exc).__name__}: {exc}"[:200]
-            )
 
     async def stop(self) -> None:
         """Stop from any state: close the socket, cancel every task and timer, open nothing more.
@@ -456,7 +451,7 @@ class ConnectionManager:
     def _announce(self, change: cmd.AnnounceState) -> None:
         snap = self.snapshot()
         self._keep(snap)
-        self._observe(change)
+        observe_change(self._obs, self._machine, change)
         self._host.announce(change, snap)
         self._wake()
 
@@ -493,75 +488,8 @@ class ConnectionManager:
         if command is not None:
             self._feeder.execute(command)
 
-    def _observe(self, change: cmd.AnnounceState) -> None:
-        # The metrics hooks for a state change (NO_METRICS: nothing). An ``assess`` change
-        # carries the ending it assessed, already counted when that connection ended.
-        m, obs = self._machine, self._obs
-        if change.ending is not None and change.trigger != "assess":
-            obs.connection_ended(ending_kind(change.ending.kind), m.quick_drops, m.failed_attempts)
-        obs.state_changed(
-            change.state, quick_drops=m.quick_drops, failed_attempts=m.failed_attempts
-        )
-
-    def _resumable(self, resume_from: object) -> Resumable | None:
-        """The session to resume: the host's own checkpoint if it gave one, else the state
-        file's if :func:`~qqconn.checkpoint.judge_resume` allows it (reasons are logged)."""
-        saved = None
-        if self._file is not None:
-            saved = self._file.load(
-                app_id=self.app_id, shard=self.shard, resume_window_s=self.policy.resume_window_s
-            )
-        if resume_from is None:
-            return saved
-        # A checkpoint the host keeps itself (atomically with its own output) wins over the
-        # state file's: with it, a restart neither skips nor repeats an event.
-        restored = _check_resume_from(resume_from)
-        if saved is not None and saved.session_id == restored.session_id:
-            restored = Resumable(restored.session_id, restored.last_seq, saved.ready)
-        self._log.info("qqconn.session_restored", last_seq=restored.last_seq, source="host")
-        return restored
-
 
 def _retrieve(task: asyncio.Task[None]) -> None:
     """Mark a background run's outcome as seen (the machine already logged a FATAL)."""
     if not task.cancelled():
         task.exception()
-
-
-def _check_config(
-    app_id: object,
-    client_secret: object,
-    intents: object,
-    shard: object,
-    api_base: object,
-    token_url: object,
-) -> None:
-    """Raise :class:`ConfigError` for the first argument a manager cannot work with."""
-    if not isinstance(app_id, str) or not app_id.strip():
-        raise ConfigError("app_id", "must be a non-empty string")
-    if not isinstance(client_secret, str) or not client_secret:
-        raise ConfigError("client_secret", "must be a non-empty string")
-    if isinstance(intents, bool) or not isinstance(intents, int) or not 0 < intents < 1 << 31:
-        raise ConfigError("intents", f"must be a positive intent mask, got {intents!r}")
-    if (
-        not isinstance(shard, tuple)
-        or len(shard) != 2
-        or not all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
-        or not 0 <= shard[0] < shard[1]
-    ):
-        raise ConfigError(
-            "shard", f"must be (shard_id, shard_count) with 0 ≤ id < count, got {shard!r}"
-        )
-    for name, url in (("api_base", api_base), ("token_url", token_url)):
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(name, f"must be an http(s) URL, got {url!r}")
-
-
-def _check_resume_from(resume_from: object) -> Resumable:
-    """``resume_from=(session_id, seq)`` as a :class:`~qqconn.checkpoint.Resumable`."""
-    sid, seq = (
-        resume_from if isinstance(resume_from, tuple) and len(resume_from) == 2 else ("", None)
-    )
-    if not isinstance(sid, str) or not sid or not (seq is None or (type(seq) is int and seq >= 0)):
-        raise ConfigError("resume_from", f"must be (session_id, seq), got {resume_from!r}")
-    return Resumable(sid, seq)

@@ -8,6 +8,7 @@ never sees half a file (temporary file, ``chmod``, ``os.replace``), and reads it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,7 +22,7 @@ from qqconn._log import QuietLogger
 from qqconn.checkpoint import Resumable
 from qqconn.machine import DETAIL_CHARS
 
-__all__ = ["CheckpointStore", "StateFile"]
+__all__ = ["CheckpointStore", "StateFile", "flush_store", "load_stored"]
 
 
 class StateFile:
@@ -124,3 +125,31 @@ def judge_stored(
         source="store",
     )
     return verdict
+
+
+async def flush_store(store: CheckpointStore, timeout_s: float, log: Any) -> None:
+    """Flush ``store`` within ``timeout_s`` at the end of a run. A store that fails (its own
+    bug or absence) is logged, never raised: the run still ends."""
+    try:
+        await store.flush(timeout_s)
+    except Exception as exc:
+        log.warning(
+            "qqconn.checkpoint_store_unavailable", error=f"{type(exc).__name__}: {exc}"[:200]
+        )
+
+
+async def load_stored(
+    store: CheckpointStore, app_id: str, shard: tuple[int, int], timeout_s: float, log: Any
+) -> tuple[bool, Any]:
+    """``(True, document)`` from ``store`` within ``timeout_s``, or ``(False, None)`` when it
+    cannot answer: logged, never fatal (the run then Identifies)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return True, await store.load(app_id, shard)
+    except Exception as exc:
+        log.warning(
+            "qqconn.checkpoint_store_unavailable",
+            error=f"{type(exc).__name__}: {exc}"[:200],
+            then="identify",
+        )
+        return False, None

@@ -33,12 +33,12 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from qqconn._log import get_logger
-from qqconn.policy import Policy
 from qqconn.protocol import OpCode
 from qqconn.testing import payloads
 from qqconn.testing._http import H11Server, HttpReply, HttpRequest
-from qqconn.testing.defaults import DEFAULT_APP_ID, DEFAULT_CLIENT_SECRET, fast_policy
+from qqconn.testing.defaults import DEFAULT_APP_ID, DEFAULT_CLIENT_SECRET
 from qqconn.testing.faults import Faults, _Sentinel
+from qqconn.testing.gateway_settings import GatewaySettings
 from qqconn.testing.records import ApiCall, ConnectionRecord, FrameRecord, HttpRecord, MessageRoute
 from qqconn.testing.rest import TOKEN_PATH, ApiAnswer, RestSide
 from qqconn.testing.sessions import Session, SessionBook, TokenBook
@@ -66,7 +66,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class FakeGateway:
+class FakeGateway(GatewaySettings):
     """A fake QQ gateway (REST + WebSocket) on loopback, for integration tests.
 
     Use it as ``async with FakeGateway(...) as gw:``; it serves on the running loop until the
@@ -186,120 +186,6 @@ class FakeGateway:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    # -- addresses and settings --------------------------------------------------------------
-
-    @property
-    def _url_host(self) -> str:
-        return f"[{self._host}]" if ":" in self._host else self._host
-
-    @property
-    def api_base(self) -> str:
-        """``http://127.0.0.1:<port>``: serves ``/gateway[/bot]`` and the message APIs."""
-        return f"http://{self._url_host}:{self._http_port}"
-
-    @property
-    def token_url(self) -> str:
-        """Where to POST ``{"appId", "clientSecret"}`` for an access token."""
-        return f"{self.api_base}{TOKEN_PATH}"
-
-    @property
-    def ws_url(self) -> str:
-        """The WebSocket URL ``/gateway`` hands out (:attr:`advertised_ws_url` if set)."""
-        if self.advertised_ws_url is not None:
-            return self.advertised_ws_url
-        return self.direct_ws_url
-
-    @property
-    def direct_ws_url(self) -> str:
-        """The fake's own WebSocket URL, whatever ``/gateway`` hands out."""
-        return f"ws://{self._url_host}:{self._ws.port}{WS_PATH}"
-
-    @property
-    def ws_port(self) -> int:
-        """The port of the fake's WebSocket server (a fault proxy relays to it)."""
-        return self._ws.port
-
-    @property
-    def client_secret(self) -> str:
-        """The client secret the token endpoint accepts (the fake's own, not a real one)."""
-        return self._client_secret
-
-    @property
-    def fast_policy(self) -> Policy:
-        """:func:`qqconn.testing.fast_policy`: test-suite timings for the manager under test."""
-        return fast_policy()
-
-    @property
-    def token_ttl_s(self) -> float:
-        return self._token_book.ttl_s
-
-    @token_ttl_s.setter
-    def token_ttl_s(self, value: float) -> None:
-        self._token_book.ttl_s = value
-
-    @property
-    def token_refresh_window_s(self) -> float:
-        return self._token_book.refresh_window_s
-
-    @token_refresh_window_s.setter
-    def token_refresh_window_s(self, value: float) -> None:
-        self._token_book.refresh_window_s = value
-
-    @property
-    def session_start_total(self) -> int:
-        return self._book.session_start_total
-
-    @session_start_total.setter
-    def session_start_total(self, value: int) -> None:
-        self._book.session_start_total = value
-
-    @property
-    def session_start_remaining(self) -> int:
-        """Decremented by every successful Identify; reported by ``/gateway/bot``."""
-        return self._book.session_start_remaining
-
-    @session_start_remaining.setter
-    def session_start_remaining(self, value: int) -> None:
-        self._book.session_start_remaining = value
-
-    @property
-    def identify_window_s(self) -> float:
-        """The window ``max_concurrency`` counts session starts in (5 s; tests scale it)."""
-        return self._book.identify_window_s
-
-    @identify_window_s.setter
-    def identify_window_s(self, value: float) -> None:
-        self._book.identify_window_s = value
-
-    @property
-    def session_start_reset_after_ms(self) -> int:
-        """``reset_after`` as reported; ``remaining`` returns to ``total`` that long after
-        it is set."""
-        return self._book.reset_after_ms
-
-    @session_start_reset_after_ms.setter
-    def session_start_reset_after_ms(self, value: int) -> None:
-        self._book.reset_after_ms = value
-        self._book.reset_at = time.monotonic() + value / 1000.0
-
-    @property
-    def identify_log(self) -> list[tuple[float, int]]:
-        """Every Identify accepted: (monotonic time, shard id), in order."""
-        return self._book.identify_log
-
-    @property
-    def refused_starts(self) -> list[tuple[float, int, str]]:
-        """Every Identify refused for breaking ``session_start_limit``: (time, shard, why)."""
-        return self._book.refused_log
-
-    @property
-    def max_concurrency(self) -> int:
-        return self._book.max_concurrency
-
-    @max_concurrency.setter
-    def max_concurrency(self, value: int) -> None:
-        self._book.max_concurrency = value
 
     # -- tokens ------------------------------------------------------------------------------
 

@@ -29,8 +29,9 @@ from qqconn.protocol import OpCode
 from qqconn.testing.faults import MISSING, NO_OVERRIDE
 from qqconn.testing.payloads import compact
 from qqconn.testing.records import ConnectionRecord, FrameRecord
-from qqconn.testing.sessions import Session, shard_id_of
+from qqconn.testing.sessions import Session
 from qqconn.testing.sockets import FakeServerConnection, Outgoing, Socket, wait_closed
+from qqconn.testing.ws_inbound import on_message
 
 if TYPE_CHECKING:
     from qqconn.testing.gateway import FakeGateway
@@ -165,7 +166,7 @@ class WebSocketSide:
                 self._send_hello(sock)
             with contextlib.suppress(ConnectionClosed):
                 async for message in connection:
-                    self._on_message(sock, message)
+                    on_message(self, sock, message)
         finally:
             if connection.state is State.CLOSED:
                 self._finish(sock)
@@ -300,135 +301,6 @@ class WebSocketSide:
             sock.abort()
         else:
             sock.enqueue_close(code, CLOSE_REASONS.get(code, ""), auto=False)
-
-    # -- frames in ---------------------------------------------------------------------------
-
-    def _on_message(self, sock: Socket, message: str | bytes) -> None:
-        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-        try:
-            msg = json.loads(text)
-        except (ValueError, RecursionError):
-            msg = None
-        op = msg.get("op") if isinstance(msg, dict) else None
-        op = op if _is_int(op) else None
-        self.record(sock, "in", op, message)
-        if op == OpCode.HEARTBEAT:
-            assert isinstance(msg, dict)
-            self.heartbeats.append((time.monotonic(), msg.get("d")))
-            sock.last_beat_at = time.monotonic()
-        elif op == OpCode.IDENTIFY:
-            sock.record.identify_count += 1
-        elif op == OpCode.RESUME:
-            sock.record.resume_count += 1
-
-        if sock.closing or self.fault(sock, "silent"):
-            return
-        if not sock.hello_sent and self.fault(sock, "drop_early_frames"):
-            sock.abort()
-            return
-        if not isinstance(msg, dict):
-            self.close_with(sock, 4002)
-        elif op == OpCode.HEARTBEAT:
-            self._on_heartbeat(sock, msg.get("d"))
-        elif op == OpCode.IDENTIFY:
-            self._on_identify(sock, msg.get("d"))
-        elif op == OpCode.RESUME:
-            self._on_resume(sock, msg.get("d"))
-        else:
-            self.close_with(sock, 4001)
-
-    def _on_heartbeat(self, sock: Socket, d: object) -> None:
-        if d is not None and not _is_int(d):
-            self.close_with(sock, 4002)
-        elif self.fault(sock, "ack"):
-            sock.enqueue_frame(compact({"op": OpCode.HEARTBEAT_ACK}), OpCode.HEARTBEAT_ACK)
-
-    def _auth_ok(self, sock: Socket, raw: object) -> bool:
-        return self.gw._token_book.gateway_auth(
-            raw, time.monotonic(), app_id=self.gw.app_id, legacy=self.fault(sock, "legacy_tokens")
-        )
-
-    def _on_identify(self, sock: Socket, d: object) -> None:
-        book = self.gw._book
-        identify_close = self.fault(sock, "identify_close")
-        if identify_close is not None:
-            self.close_with(sock, identify_close)
-            return
-        if sock.session is not None:
-            self.close_with(sock, 4005)
-            return
-        data = d if isinstance(d, dict) else {}
-        if not self._auth_ok(sock, data.get("token")):
-            self.close_with(sock, 4004)
-            return
-        intents = book.intents_of(data)
-        if intents is None:
-            self.close_with(sock, 4013)
-            return
-        allowed = self.fault(sock, "allowed_intents")
-        if allowed is not None and intents & ~allowed:
-            payload = compact({"op": OpCode.INVALID_SESSION, "d": False})
-            sock.enqueue_frame(payload, OpCode.INVALID_SESSION)
-            self.close_with(sock, self.fault(sock, "intents_close_code"))
-            return
-        now = time.monotonic()
-        shard = data.get("shard", [0, 1])
-        shard_id = shard_id_of(shard) or 0
-        why = book.start_refused(now, shard_id)
-        if self.gw.faults.enforce_session_limit and why is not None:
-            # Loudly: logged, kept for the test, and closed the way QQ refuses (4008).
-            log.warning("fake_gateway.session_start_refused", shard=shard_id, why=why)
-            book.refused_log.append((now, shard_id, why))
-            self.close_with(sock, 4008)
-            return
-        session = book.create(now, shard=shard, intents=intents)
-        self.attach(sock, session)
-        ready = {
-            "op": OpCode.DISPATCH,
-            "s": session.seq,
-            "t": "READY",
-            "d": {
-                "version": 1,
-                "session_id": session.session_id,
-                "user": {"id": self.gw.bot_user_id, "username": self.gw.bot_username, "bot": True},
-                "shard": shard,
-            },
-        }
-        sock.enqueue_frame(compact(ready), OpCode.DISPATCH)
-        log.debug("fake_gateway.ready", index=sock.index, session_id=session.session_id)
-
-    def _on_resume(self, sock: Socket, d: object) -> None:
-        mode = self.fault(sock, "resume")
-        if sock.session is not None:
-            self.close_with(sock, 4005)
-            return
-        if mode != "ok":
-            self._refuse_resume(sock, mode)
-            return
-        data = d if isinstance(d, dict) else {}
-        if not self._auth_ok(sock, data.get("token")):
-            self.close_with(sock, 4004)
-            return
-        verdict = self.gw._book.judge_resume(data)
-        if isinstance(verdict, int):
-            self.close_with(sock, verdict)
-            return
-        session, seq = verdict
-        self.attach(sock, session)
-        for text in session.missed(seq):
-            sock.enqueue_frame(text, OpCode.DISPATCH)
-        resumed = {"op": OpCode.DISPATCH, "s": session.seq, "t": "RESUMED", "d": ""}
-        sock.enqueue_frame(compact(resumed), OpCode.DISPATCH)
-        log.debug("fake_gateway.resumed", index=sock.index, session_id=session.session_id)
-
-    def _refuse_resume(self, sock: Socket, mode: str) -> None:
-        if mode == "op9":
-            payload = compact({"op": OpCode.INVALID_SESSION, "d": False})
-            sock.enqueue_frame(payload, OpCode.INVALID_SESSION)
-        elif mode == "accept_then_close":
-            self.close_with(sock, 1000)
-        else:
-            self.close_with(sock, int(mode))
 
     def attach(self, sock: Socket, session: Session[Socket]) -> None:
         left = self.gw._book.attach(session, sock)
