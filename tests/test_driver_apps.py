@@ -6,30 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from qqconn.driver.apps import SHARED_HTTP_IN_FLIGHT, GatedTransport
+from qqconn.driver.apps import SHARED_HTTP_IN_FLIGHT, GatedTransport, _GatedStream
 from qqconn.testing import FakeGateway
-
-
-class _Closing(httpx.AsyncByteStream):
-    """A response body that calls ``left`` once when it is closed."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, left: Callable[[], None]) -> None:
-        self.inner = inner
-        self.left: Callable[[], None] | None = left
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-        left, self.left = self.left, None
-        if left is not None:
-            left()
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
@@ -50,7 +31,7 @@ class CountingTransport(httpx.AsyncBaseTransport):
             self.now -= 1
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _Closing(response.stream, self._left)
+        response.stream = _GatedStream(response.stream, self._left)
         return response
 
     def _left(self) -> None:
