@@ -24,13 +24,15 @@ import pytest
 from qqconn import cli
 from qqconn.cli.status import judge
 from qqconn.testing import FakeGateway
+from tests.driver_support import GATEWAY_SLACK_S
 from tests.redis_support import RedisServer, redis_server
 from tests.test_cli import HB_MS, POLICY_TOML, SECRET, Proc, _env, _pump
 from tests.test_cli_http import ops_url
 
 __all__ = ["redis_server"]
 
-WINDOW_S = 0.5
+WINDOW_S = 0.5  # the client's identify_window_s
+GATEWAY_WINDOW_S = WINDOW_S - GATEWAY_SLACK_S  # the fake's
 POLICY = POLICY_TOML + f"identify_window_s = {WINDOW_S}\nresume_window_s = 60.0\n"
 
 
@@ -92,7 +94,7 @@ async def run_cli(
 def _gateway(seed: int) -> FakeGateway:
     gw = FakeGateway(client_secret=SECRET, heartbeat_interval_ms=HB_MS, seed=seed)
     gw.faults.enforce_session_limit = True
-    gw.identify_window_s = WINDOW_S
+    gw.identify_window_s = GATEWAY_WINDOW_S
     return gw
 
 
@@ -103,7 +105,7 @@ def _lines(p: Proc) -> list[dict[str, Any]]:
 def _never_two_in_a_window(gw: FakeGateway) -> None:
     times = [t for t, _ in gw.identify_log]
     assert gw.refused_starts == []
-    assert all(b - a >= WINDOW_S for a, b in itertools.pairwise(times)), gw.identify_log
+    assert all(b - a >= gw.identify_window_s for a, b in itertools.pairwise(times)), gw.identify_log
 
 
 async def _status(state_file: Path) -> tuple[int, str]:
@@ -208,7 +210,7 @@ async def test_http_with_several_shards_is_ready_only_when_every_shard_is(
     window = 3.0
     policy = POLICY_TOML + f"identify_window_s = {window}\nresume_window_s = 60.0\n"
     async with _gateway(15) as gw, httpx.AsyncClient(timeout=5.0) as http:
-        gw.identify_window_s = window
+        gw.identify_window_s = window - GATEWAY_SLACK_S
         async with run_cli(
             gw, tmp_path, "--shards", "2", "--http", "127.0.0.1:0", policy=policy
         ) as p:

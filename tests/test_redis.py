@@ -22,12 +22,12 @@ from qqconn.errors import ConfigError
 from qqconn.protocol import SessionStartLimit
 from qqconn.redis import RedisCheckpoints, RedisIdentifyLimiter, check_url, redis_client
 from qqconn.testing import FakeGateway
-from tests.driver_support import FAST, HB_MS, INTENTS, Host
+from tests.driver_support import FAST, GATEWAY_SLACK_S, HB_MS, INTENTS, Host
 from tests.redis_support import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, used by name below
 
-WINDOW_S = 0.3
+WINDOW_S = 0.3  # the client's identify_window_s; the fake enforces GATEWAY_SLACK_S less
 
 
 @contextlib.asynccontextmanager
@@ -148,7 +148,7 @@ async def test_redis_away_an_identify_waits_visibly_then_goes(
     redis_server.stop()
     async with FakeGateway(heartbeat_interval_ms=HB_MS, seed=5) as gw:
         gw.faults.enforce_session_limit = True
-        gw.identify_window_s = WINDOW_S
+        gw.identify_window_s = WINDOW_S - GATEWAY_SLACK_S
         async with _client(redis_server) as client:
             lim = RedisIdentifyLimiter(client, app_id=gw.app_id, window_s=WINDOW_S)
             host = Host()

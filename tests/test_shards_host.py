@@ -14,9 +14,10 @@ import pytest
 from qqconn import BotShards, ConnectionManager, FatalError, State
 from qqconn.driver import apps
 from qqconn.testing import FakeGateway
-from tests.driver_support import FAST, HB_MS, INTENTS
+from tests.driver_support import FAST, GATEWAY_SLACK_S, HB_MS, INTENTS
 
-WINDOW_S = 0.4
+WINDOW_S = 0.4  # the client's identify_window_s
+GATEWAY_WINDOW_S = WINDOW_S - GATEWAY_SLACK_S  # the fake's
 POLICY = replace(FAST, identify_window_s=WINDOW_S)
 
 
@@ -45,7 +46,7 @@ async def test_hand_built_managers_of_one_app_share_client_tokens_and_limiter() 
     closed when the last of them ends."""
     async with FakeGateway(heartbeat_interval_ms=HB_MS, seed=21) as gw:
         gw.faults.enforce_session_limit = True
-        gw.identify_window_s = WINDOW_S
+        gw.identify_window_s = GATEWAY_WINDOW_S
         one, two = _manager(gw, (0, 2)), _manager(gw, (1, 2))
         tasks = [asyncio.create_task(m.run()) for m in (one, two)]
         try:
@@ -58,7 +59,7 @@ async def test_hand_built_managers_of_one_app_share_client_tokens_and_limiter() 
             token_posts = [r for r in gw.http_requests if "AccessToken" in r.path]
             assert len(token_posts) == 1
             (t0, _), (t1, _) = gw.identify_log
-            assert t1 - t0 >= WINDOW_S and gw.refused_starts == []
+            assert t1 - t0 >= GATEWAY_WINDOW_S and gw.refused_starts == []
         finally:
             for m in (one, two):
                 await m.stop()
@@ -85,7 +86,7 @@ async def test_three_bots_of_two_shards_in_one_process() -> None:
                 FakeGateway(app_id=f"10200000{n}", heartbeat_interval_ms=HB_MS, seed=30 + n)
             )
             gw.faults.enforce_session_limit = True
-            gw.identify_window_s = WINDOW_S
+            gw.identify_window_s = GATEWAY_WINDOW_S
             gws.append(gw)
         bots = [
             BotShards(
@@ -131,7 +132,7 @@ async def test_keep_others_one_shard_fatal_and_the_host_starts_it_again() -> Non
     without breaking the identify limit; run() raises the FATAL only once every shard ended."""
     async with FakeGateway(heartbeat_interval_ms=HB_MS, seed=23) as gw:
         gw.faults.enforce_session_limit = True
-        gw.identify_window_s = WINDOW_S
+        gw.identify_window_s = GATEWAY_WINDOW_S
         seen: list[tuple[int, bool]] = []
 
         def shards(**kw: Any) -> BotShards:
