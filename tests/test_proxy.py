@@ -77,6 +77,16 @@ async def test_latency_delays_each_direction() -> None:
         writer.close()
 
 
+async def _read_until_cut(reader: asyncio.StreamReader) -> bytes:
+    """Everything the client reads until the proxy's reset (or EOF) ends the stream (≤ 2 s)."""
+    got = b""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        async with asyncio.timeout(2):
+            while chunk := await reader.read(10):
+                got += chunk
+    return got
+
+
 async def test_reset_after_bytes_cuts_the_stream_with_a_reset() -> None:
     """reset_after_bytes=3: three bytes reach the client, then the connection is reset."""
     async with echo_behind_proxy() as proxy:
@@ -86,11 +96,7 @@ async def test_reset_after_bytes_cuts_the_stream_with_a_reset() -> None:
                 await asyncio.sleep(0.01)
         proxy.live()[0].set(reset_after_bytes=3)
         writer.write(b"abcdef")
-        got = b""
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            async with asyncio.timeout(2):
-                while chunk := await reader.read(10):
-                    got += chunk
+        got = await _read_until_cut(reader)
         assert got == b"abc" and proxy.connections[0].ended == "reset"
         writer.close()
 
@@ -158,10 +164,6 @@ async def test_reset_after_bytes_set_while_a_read_waits_still_cuts_where_asked()
             assert await reader.readexactly(4) == b"warm"  # both pumps now wait in a read
         proxy.live()[0].set(reset_after_bytes=3)
         writer.write(b"abcdef")
-        got = b""
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            async with asyncio.timeout(2):
-                while chunk := await reader.read(10):
-                    got += chunk
+        got = await _read_until_cut(reader)
         assert got == b"abc" and proxy.connections[0].ended == "reset"
         writer.close()

@@ -40,6 +40,19 @@ def _manager(gw: FakeGateway, shard: tuple[int, int], **kw: Any) -> ConnectionMa
     )
 
 
+def _two_shards(gw: FakeGateway, **kw: Any) -> BotShards:
+    return BotShards(
+        app_id=gw.app_id,
+        client_secret=gw.client_secret,
+        intents=INTENTS,
+        shards=2,
+        policy=POLICY,
+        api_base=gw.api_base,
+        token_url=gw.token_url,
+        **kw,
+    )
+
+
 async def test_hand_built_managers_of_one_app_share_client_tokens_and_limiter() -> None:
     """Two managers the host built itself (shards 0/2 and 1/2): one HTTP client, one token
     source, one limiter, so one token request and Identifies a window apart; the client is
@@ -88,18 +101,7 @@ async def test_three_bots_of_two_shards_in_one_process() -> None:
             gw.faults.enforce_session_limit = True
             gw.identify_window_s = GATEWAY_WINDOW_S
             gws.append(gw)
-        bots = [
-            BotShards(
-                app_id=gw.app_id,
-                client_secret=gw.client_secret,
-                intents=INTENTS,
-                shards=2,
-                policy=POLICY,
-                api_base=gw.api_base,
-                token_url=gw.token_url,
-            )
-            for gw in gws
-        ]
+        bots = [_two_shards(gw) for gw in gws]
         outcome: dict[int, BaseException | None] = {}
 
         async def run(i: int) -> None:
@@ -135,20 +137,8 @@ async def test_keep_others_one_shard_fatal_and_the_host_starts_it_again() -> Non
         gw.identify_window_s = GATEWAY_WINDOW_S
         seen: list[tuple[int, bool]] = []
 
-        def shards(**kw: Any) -> BotShards:
-            return BotShards(
-                app_id=gw.app_id,
-                client_secret=gw.client_secret,
-                intents=INTENTS,
-                shards=2,
-                policy=POLICY,
-                api_base=gw.api_base,
-                token_url=gw.token_url,
-                **kw,
-            )
-
-        bot = shards(
-            on_shard_fatal="keep_others", on_fatal=lambda i, e: seen.append((i, e.retryable))
+        bot = _two_shards(
+            gw, on_shard_fatal="keep_others", on_fatal=lambda i, e: seen.append((i, e.retryable))
         )
         task = asyncio.create_task(bot.run())
         again: BotShards | None = None
@@ -167,7 +157,7 @@ async def test_keep_others_one_shard_fatal_and_the_host_starts_it_again() -> Non
             assert seen == [(1, False)] and set(bot.fatal) == {1}
             assert bot.managers[0].state is State.ALIVE and not task.done()
             assert gw.shard_session_id(0) == first_session
-            again = shards(shard_ids=[1], permits=bot.permits)
+            again = _two_shards(gw, shard_ids=[1], permits=bot.permits)
             again_task = asyncio.create_task(again.run())
             await _until(lambda: again is not None and again.all_alive, 15)
             assert bot.managers[0].state is State.ALIVE
