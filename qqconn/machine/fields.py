@@ -32,6 +32,11 @@ class Fatal:
     retryable: bool
 
 
+#: The jitter source of every machine not given one of its own: one per process, since a
+#: ``random.Random`` holds 2.5 KiB of state and nothing needs a machine's draws apart.
+_SHARED_RNG = random.Random()
+
+
 def _check_restored(restored: object) -> Resumable | None:
     if restored is None:
         return None
@@ -65,7 +70,7 @@ class MachineFields:
         restored: Resumable | None,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else _SHARED_RNG
         self._log = QuietLogger(logger) if logger is not None else get_logger("qqconn")
         restored = _check_restored(restored)
         # The session, and the last s received on it (what Resume and heartbeats carry).
