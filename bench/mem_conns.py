@@ -80,7 +80,15 @@ async def measure(side: str, a: argparse.Namespace) -> dict[str, Any]:
     ]
     counts = {t: (types1[t] - types0.get(t, 0)) / n for t in types1}
     gc_types = sorted(((t, c) for t, c in counts.items() if c >= 0.5), key=lambda x: -x[1])
-    del keep, warm
+    for ctl, conns, tasks in (keep, warm):
+        if side == "qqconn":
+            from scen_qqconn import stop_all
+
+            await stop_all(conns, tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await ctl.close()
     return {
         "side": side,
         "n": n,

@@ -28,6 +28,7 @@ from qqconn.driver.apps import shared_limiter
 from qqconn.driver.attempt import RunContext
 from qqconn.driver.config import check_config, resume_point
 from qqconn.driver.feed import Feeder, observe_change
+from qqconn.driver.flag import Flag
 from qqconn.driver.host import (
     DispatchCallback,
     FatalCallback,
@@ -137,8 +138,8 @@ class ConnectionManager:
             log=self._log,
         )
         self._host.ready = restored.ready if restored is not None else None
-        self._finished = asyncio.Event()
-        self._run_done = asyncio.Event()
+        # Set by the machine's Finish: the run winds down. (Flags, not Events: see flag.py.)
+        self._finished = Flag()
         self._feeder = self._new_feeder()
         #: The identify limiter (docs/behaviour.md rule 17): the host's shared one, else this
         #: manager's own (right for a bot with one shard in one process).
@@ -154,8 +155,9 @@ class ConnectionManager:
         self._started = False
         self._running = False
         self._task: asyncio.Task[None] | None = None
-        # Set (and replaced) at every state change: what wait_until_alive() sleeps on.
-        self._changed = asyncio.Event()
+        # Set (and replaced) at every state change and when a run ends: what
+        # wait_until_alive() and stop() sleep on.
+        self._changed = Flag()
 
     def _new_feeder(self) -> Feeder:
         return Feeder(
@@ -311,7 +313,6 @@ class ConnectionManager:
             self._host.cancel()  # no lane runs a callback after run() (inline runs included)
             self.permits.withdraw(self.shard[0])
             self._running = False
-            self._run_done.set()
             self._wake()
         await self._host.fatal_notified()  # on_fatal finishes before run() raises
         fatal = self._machine.fatal
@@ -379,7 +380,8 @@ class ConnectionManager:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.policy.stop_bound_s):
-                await self._run_done.wait()
+                while self._running:  # run()'s finally clears it, then wakes us
+                    await self._changed.wait()
 
     def start(self) -> asyncio.Task[None]:
         """Run in the background: ``run()`` on a task of its own, returned.
@@ -456,7 +458,7 @@ class ConnectionManager:
         self._wake()
 
     def _wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
+        changed, self._changed = self._changed, Flag()
         changed.set()
 
     def _restart(self) -> None:
@@ -476,7 +478,6 @@ class ConnectionManager:
             self.policy, rng=self._rng, logger=self._log, restored=restored
         )
         self._finished.clear()
-        self._run_done.clear()
         self._feeder = self._new_feeder()
         self._host.reset_fatal()
 
