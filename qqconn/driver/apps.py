@@ -32,7 +32,6 @@ spans processes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -43,7 +42,14 @@ import httpx
 from qqconn.driver.permits import LocalIdentifyLimiter
 from qqconn.driver.tokens import Secret, TokenSource, tls_context
 
-__all__ = ["SHARED_HTTP_IN_FLIGHT", "AppLink", "GatedTransport", "shared_app", "shared_limiter"]
+__all__ = [
+    "SHARED_HTTP_IN_FLIGHT",
+    "AppLink",
+    "GatedTransport",
+    "SharedAppUse",
+    "shared_app",
+    "shared_limiter",
+]
 
 #: Requests one app's shared client has in flight at once (and connections it keeps alive).
 #: On loopback a request takes about a millisecond; against QQ tens: either way hundreds of
@@ -137,8 +143,7 @@ def _key(
     return (app_id, digest, token_url, id(clock), margin_s, timeout_s)
 
 
-@contextlib.asynccontextmanager
-async def shared_app(
+def shared_app(
     *,
     app_id: str,
     secret: Secret,
@@ -146,26 +151,55 @@ async def shared_app(
     clock: Callable[[], float],
     margin_s: float,
     timeout_s: float,
-) -> AsyncIterator[AppLink]:
-    """The app's shared client and token source for as long as the block runs; the last
-    user to leave closes the client."""
-    loop = asyncio.get_running_loop()
-    links = _links.setdefault(loop, {})
-    key = _key(app_id, secret, token_url, clock, margin_s, timeout_s)
-    link = links.get(key)
-    if link is None:
-        http = _shared_client(timeout_s)
-        link = links[key] = AppLink(
-            http, TokenSource(http, token_url, app_id, secret, clock, margin_s)
-        )
-    link.users += 1
-    try:
-        yield link
-    finally:
+) -> SharedAppUse:
+    """``async with shared_app(...) as link``: the app's shared client and token source for
+    as long as the block runs; the last user to leave closes the client."""
+    return SharedAppUse(app_id, secret, token_url, clock, margin_s, timeout_s)
+
+
+class SharedAppUse:
+    """One use of an app's shared link (what :func:`shared_app` returns). A class, not a
+    generator-based context manager: every running manager holds one for its whole run, and
+    a suspended async generator with its context manager costs about 1 KiB."""
+
+    __slots__ = ("_app", "_key", "_link", "_links")
+
+    def __init__(
+        self,
+        app_id: str,
+        secret: Secret,
+        token_url: str,
+        clock: Callable[[], float],
+        margin_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._app = (app_id, secret, token_url, clock, margin_s, timeout_s)
+        self._key = _key(app_id, secret, token_url, clock, margin_s, timeout_s)
+        self._links: dict[_Key, AppLink] | None = None
+        self._link: AppLink | None = None
+
+    async def __aenter__(self) -> AppLink:
+        links = self._links = _links.setdefault(asyncio.get_running_loop(), {})
+        key = self._key
+        link = links.get(key)
+        if link is None:
+            app_id, secret, token_url, clock, margin_s, timeout_s = self._app
+            http = _shared_client(timeout_s)
+            link = links[key] = AppLink(
+                http, TokenSource(http, token_url, app_id, secret, clock, margin_s)
+            )
+        link.users += 1
+        self._link = link
+        return link
+
+    async def __aexit__(self, *exc: object) -> None:
+        link, links = self._link, self._links
+        assert link is not None and links is not None
+        self._link = None
         link.users -= 1
         if link.users == 0:
-            if links.get(key) is link:
-                del links[key]
+            if links.get(self._key) is link:
+                del links[self._key]
             await link.http.aclose()
 
 

@@ -6,21 +6,19 @@ closes it), else the app's shared ones (:func:`~qqconn.driver.apps.shared_app`).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from qqconn.driver.apps import shared_app
+from qqconn.driver.apps import SharedAppUse, shared_app
 from qqconn.driver.tokens import Secret
 from qqconn.policy import Policy
 
-__all__ = ["app_link"]
+__all__ = ["AppLinkUse", "app_link"]
 
 
-@contextlib.asynccontextmanager
-async def app_link(
+def app_link(
     shared_http: httpx.AsyncClient | None,
     tokens: Any,
     *,
@@ -29,19 +27,42 @@ async def app_link(
     token_url: str,
     clock: Callable[[], float],
     policy: Policy,
-) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """Yield ``(http, tokens)``: ``shared_http`` with ``tokens`` (the host's: it closes the
-    client, not us), else the app's shared client and token source (``tokens`` wins if given)."""
+) -> AppLinkUse:
+    """``async with app_link(...) as (http, tokens)``: ``shared_http`` with ``tokens`` (the
+    host's: it closes the client, not us), else the app's shared client and token source
+    (``tokens`` wins if given)."""
     if shared_http is not None:
         assert tokens is not None  # the manager builds one for a shared client
-        yield shared_http, tokens
-        return
-    async with shared_app(
+        return AppLinkUse(shared_http, tokens, None)
+    use = shared_app(
         app_id=app_id,
         secret=secret,
         token_url=token_url,
         clock=clock,
         margin_s=policy.token_refresh_margin_s,
         timeout_s=policy.connect_timeout_s,
-    ) as link:
-        yield link.http, tokens or link.tokens
+    )
+    return AppLinkUse(None, tokens, use)
+
+
+class AppLinkUse:
+    """What :func:`app_link` returns: a class, not a generator-based context manager, since
+    every running manager holds one for its whole run (see :class:`SharedAppUse`)."""
+
+    __slots__ = ("_http", "_tokens", "_use")
+
+    def __init__(
+        self, http: httpx.AsyncClient | None, tokens: Any, use: SharedAppUse | None
+    ) -> None:
+        self._http, self._tokens, self._use = http, tokens, use
+
+    async def __aenter__(self) -> tuple[httpx.AsyncClient, Any]:
+        if self._use is None:
+            assert self._http is not None
+            return self._http, self._tokens
+        link = await self._use.__aenter__()
+        return link.http, self._tokens or link.tokens
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._use is not None:
+            await self._use.__aexit__(*exc)

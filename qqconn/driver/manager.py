@@ -35,7 +35,7 @@ from qqconn.driver.host import (
     HostLane,
     StateCallback,
 )
-from qqconn.driver.link import app_link
+from qqconn.driver.link import AppLinkUse, app_link
 from qqconn.driver.permits import IdentifyLimiter, LocalIdentifyLimiter
 from qqconn.driver.statefile import (
     CheckpointStore,
@@ -319,7 +319,7 @@ class ConnectionManager:
         if fatal is not None:
             raise FatalError(fatal.reason, close_code=fatal.close_code, retryable=fatal.retryable)
 
-    def _app(self) -> contextlib.AbstractAsyncContextManager[tuple[httpx.AsyncClient, Any]]:
+    def _app(self) -> AppLinkUse:
         """The HTTP client and token source of this run (:func:`~qqconn.driver.link.app_link`)."""
         if self._shared_http is not None and self._given_tokens is None:
             self._given_tokens = TokenSource(
