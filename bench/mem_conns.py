@@ -42,7 +42,7 @@ async def _ramp(side: str, a: argparse.Namespace) -> tuple[list[Any], Any]:
 
         from qqconn import State
 
-        mgrs = [manager(a) for _ in range(a.n)]
+        mgrs = [manager(a, on_state_change=lambda c: None) for _ in range(a.n)]  # as item 5
         tasks = [asyncio.create_task(m.run()) for m in mgrs]
         up = lambda: all(m.state is State.ALIVE for m in mgrs)  # noqa: E731
         return [ctl, mgrs, tasks], up
