@@ -54,6 +54,9 @@ __all__ = ["DEFAULT_API_BASE", "ConnectionManager"]
 
 DEFAULT_API_BASE = "https://api.sgroup.qq.com"
 
+# Managers not given a policy share this one (a Policy is frozen: nothing can change it).
+_DEFAULT_POLICY = Policy()
+
 
 class ConnectionManager:
     """Keeps one QQ gateway connection (one shard) alive, and says when it cannot.
@@ -105,7 +108,7 @@ class ConnectionManager:
         self._secret = Secret(client_secret)
         self.intents = intents
         self.shard = shard
-        self.policy = policy if policy is not None else Policy()
+        self.policy = policy if policy is not None else _DEFAULT_POLICY
         self.api_base = api_base.rstrip("/")
         self.token_url = token_url
         self.state_file = Path(state_file) if state_file is not None else None
