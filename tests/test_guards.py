@@ -152,25 +152,20 @@ def _awaiting_ack(r: Run) -> list[cmd.Command]:
     return got
 
 
-def test_a_timer_exactly_the_stall_grace_late_is_judged_on_time() -> None:
-    """Rule 21: a timer late by exactly STALL_GRACE_S (0.1 s) is not a stall: the heartbeat it
-    fires is sent at once, no re-check is scheduled and nothing is logged as a stall."""
-    r = Run()
-    r.alive(0.0)
-    got = r.feed(ev.TimerFired(Timer.HEARTBEAT, 1, INTERVAL_S + 0.1, late_s=0.1))
-    assert cmd.SendHeartbeat(1, 1) in got
-    assert cmd.StartTimer(Timer.HEARTBEAT, INTERVAL_S, 1) in got
-    assert r.logged("qqconn.loop_stalled") == 0 and not r.m.stall_excused
-
-
-def test_an_on_time_timer_is_never_taken_for_a_stall() -> None:
-    """An ACK deadline that fires on time (late_s 0) with the heartbeat unanswered is a zombie
-    at once: no stall is excused when the loop was not late."""
+@pytest.mark.parametrize("timer", [Timer.ACK_DEADLINE, Timer.HEARTBEAT])
+@pytest.mark.parametrize("late_s", [0.0, 0.1])
+def test_a_timer_at_most_the_stall_grace_late_is_judged_at_once(
+    timer: Timer, late_s: float
+) -> None:
+    """Rule 21: a timer on time, or late by exactly STALL_GRACE_S (0.1 s), is no stall: with
+    the heartbeat unanswered it is a zombie at once, nothing is excused or logged as a stall."""
     r = Run()
     _awaiting_ack(r)
-    got = r.feed(ev.TimerFired(Timer.ACK_DEADLINE, 1, INTERVAL_S + 20.0, late_s=0.0))
+    at = INTERVAL_S + (20.0 if timer is Timer.ACK_DEADLINE else INTERVAL_S)
+    got = r.feed(ev.TimerFired(timer, 1, at, late_s=late_s))
     assert r.m.state is State.BACKOFF and _ending(r).kind is EndingKind.ZOMBIE
-    assert of(cmd.CloseSocket, got) and r.logged("qqconn.loop_stalled") == 0
+    assert of(cmd.CloseSocket, got) and not r.m.stall_excused
+    assert r.logged("qqconn.loop_stalled") == 0
 
 
 def test_the_first_late_ack_deadline_is_excused_the_second_is_a_zombie() -> None:
