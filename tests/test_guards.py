@@ -81,6 +81,9 @@ def test_the_attempt_deadline_names_its_timeout_stage_url_and_socket(
     assert ending.reason == f"no READY/RESUMED within 7.5 s{where}"
     assert ending.before_socket is before_socket
     assert [c.reason for c in of(cmd.CloseSocket, got)] == [ending.reason]
+    # Not a quick drop: no socket, or one that lived 7 s; the path passes no QUICK_DROPPED.
+    assert [a.state for a in of(cmd.AnnounceState, got)] == ["backoff"]
+    assert r.m.quick_drops == 0
 
 
 # -- observe_send_failures and observe_stale: the count and the silence they report ----------------
@@ -241,3 +244,24 @@ def test_a_poison_frame_on_a_young_socket_is_never_a_quick_drop() -> None:
     r.connect(120.0)
     r.close(120.5, 1006)  # the control: a young plain drop is quick
     assert r.m.quick_drops == 1
+
+
+def test_a_poison_frame_back_after_its_skip_gives_the_session_up_naming_the_s() -> None:
+    """Rule 19: the oversized frame came back even after s = 6 was skipped: the session is
+    given up (Identify next), and the reason names the s that was skipped."""
+    r = Run()
+    r.alive(0.0, seq=5)
+    _oversized(r, 100.0)
+    r.retry(110.0)
+    r.connect(110.0)
+    _oversized(r, 110.5)
+    assert _ending(r).skipped_seq == 6
+    r.retry(120.0)
+    assert cmd.SendResume(3, "sid-1", 6) in r.connect(120.0)
+    _oversized(r, 120.5)
+    ending = _ending(r)
+    assert ending.kind is EndingKind.POISON_FRAME_SESSION_LOST
+    assert ending.reason == "frame too large again after skipping s=6: session given up"
+    assert r.m.session_id is None and r.m.sessions_given_up == 1
+    r.retry(130.0)
+    assert cmd.SendIdentify(4) in r.connect(130.0)
