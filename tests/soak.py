@@ -120,6 +120,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -310,6 +311,10 @@ class Observer:
         self.model = CounterModel(self.policy)
         self.conn = _Conn()
         self.endings: list[tuple[End, float | None]] = []  # all, for this step
+        #: When each of ``endings`` was observed (``time.monotonic``), to read the lag then.
+        self.end_marks: list[float] = []
+        #: How many of ``endings`` the step's judging has seen; later ones came between steps.
+        self.judged = 0
         self._after_endings: list[tuple[int, Callable[[], None]]] = []
         self._on_open: list[Callable[[], None]] = []
         self._recent: list[str] = []
@@ -335,6 +340,8 @@ class Observer:
 
     def begin_step(self) -> None:
         self.endings = []
+        self.end_marks = []
+        self.judged = 0
         self.drop_hooks()
 
     # -- wiring -------------------------------------------------------------------------------
@@ -425,6 +432,7 @@ class Observer:
         self.last_end = end
         lived = None if conn.opened_at is None else at - conn.opened_at
         self.endings.append((end, lived))
+        self.end_marks.append(time.monotonic())
         for sid, why in self.model.released:
             self.slot.released[sid] = why
         self.model.released.clear()
@@ -524,10 +532,63 @@ class LoopLag:
     now should allow for on a loaded machine."""
 
     recent_s: float = 0.0
+    #: Samples of at least ``HISTORY_MIN_S`` as (wake time on ``time.monotonic``, lag), the
+    #: last ``maxlen`` of them: what :meth:`peak` reads to judge an ending after the fact.
+    HISTORY_MIN_S: ClassVar[float] = 0.05
+    history: ClassVar[deque[tuple[float, float]]] = deque(maxlen=4096)
 
     @classmethod
-    def sample(cls, lag: float) -> None:
+    def sample(cls, lag: float, at: float | None = None) -> None:
         cls.recent_s = max(lag, cls.recent_s * 0.95)
+        if lag >= cls.HISTORY_MIN_S:
+            cls.history.append((time.monotonic() if at is None else at, lag))
+
+    @classmethod
+    def peak(cls, start: float, end: float) -> float:
+        """The largest lag sampled with a wake time in ``[start, end]`` (0.0 if none)."""
+        best = 0.0
+        for at, lag in reversed(cls.history):
+            if at < start:
+                break
+            if at <= end:
+                best = max(best, lag)
+        return best
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.recent_s = 0.0
+        cls.history.clear()
+
+
+#: An ending the client's own rules produce when the loop is late (a watchdog: zombie or stale;
+#: an attempt deadline; a connect failure, which is a timeout under lag) is *excused by loop
+#: lag* when the lag measured around it reaches this fraction of the deadline that fired.
+LAG_EXCUSE_FRACTION = 0.5
+#: The kinds of ending a late loop can cause by itself.
+LAG_KINDS = frozenset({"watchdog", "deadline", "pre_socket"})
+
+
+def lag_deadline_s(kind: str, policy: Policy, hb_interval_s: float) -> float | None:
+    """The deadline whose lateness makes an ending of ``kind``: the heartbeat ACK deadline for
+    a watchdog (the stale limit is longer, so the ACK deadline is the generous one), the
+    connect timeout for an attempt deadline or a connect failure; None for any other kind."""
+    if kind == "watchdog":
+        return hb_interval_s * policy.heartbeat_ack_timeout_ratio
+    if kind in ("deadline", "pre_socket"):
+        return policy.connect_timeout_s
+    return None
+
+
+def excusing_lag(kind: str, at: float, policy: Policy, hb_interval_s: float) -> float | None:
+    """The loop lag that excuses an ending of ``kind`` observed at ``at`` (``time.monotonic``),
+    or None: the peak lag from one deadline (and half a second) before to a second after must
+    reach ``LAG_EXCUSE_FRACTION`` of that deadline. The window reaches past ``at`` because the
+    lag monitor reports a stall when it wakes, which may be just after the ending it caused."""
+    deadline = lag_deadline_s(kind, policy, hb_interval_s)
+    if deadline is None:
+        return None
+    peak = LoopLag.peak(at - deadline - 0.5, at + 1.0)
+    return peak if peak >= LAG_EXCUSE_FRACTION * deadline else None
 
 
 async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -1082,11 +1143,7 @@ class Runner:
         """One fault on one slot, from ALIVE back to ALIVE (through FATAL and a fresh manager
         if that is what the rules require)."""
         r = self.report
-        await until(
-            lambda: slot.mgr.state is State.ALIVE and len(slot.gw.live_connections) == 1,
-            10,
-            f"{slot.name}: ALIVE before a step",
-        )
+        await self._alive(slot, 10, "ALIVE before a step")
         m = slot.mgr.machine
         age = None if m.opened_at is None else time.monotonic() - m.opened_at
         young = age is not None and age < slot.policy.quick_disconnect_threshold_s - 0.25
@@ -1104,9 +1161,10 @@ class Runner:
             # the socket before the fault landed: the planned outcome cannot come. Not a hang:
             # _judge counts the step as disturbed (the differential check still ran on every
             # event). Any other timeout is a hang.
-            pre_empted = step.kind not in WATCHDOG_KINDS and any(
-                e.kind in ("watchdog", "deadline") for e, _ in obs.endings
-            )
+            pre_empted = (
+                step.kind not in WATCHDOG_KINDS
+                and any(e.kind in ("watchdog", "deadline") for e, _ in obs.endings)
+            ) or self._lag_excused_any(slot)
             if not pre_empted:
                 r.violation(
                     f"{slot.name}: step {step.label} ({step.timing}) hung: {exc}; state="
@@ -1121,21 +1179,77 @@ class Runner:
             slot.proxy.clear()  # per-relay faults die with their relay; global ones end here
         disturbed = self._judge(slot, step)
         if slot.mgr.state is State.FATAL or slot.task.done():
-            await self._after_fatal(slot, step, disturbed)
+            await self._after_fatal(slot, step.label, step.fatal, disturbed)
         elif step.fatal and not disturbed:
             r.violation(
                 f"{slot.name}: {step.label} should have ended in FATAL {step.expect}; "
                 f"endings {[e.label() for e, _ in obs.endings]}"
             )
-        await until(
-            lambda: slot.mgr.state is State.ALIVE and len(slot.gw.live_connections) == 1,
-            8,
-            f"{slot.name}: settle after {step.label}",
-        )
+        await self._alive(slot, 8, f"settle after {step.label}")
         slot.check_state_file()
         await slot.flush()
         slot.prune_relays()
         slot.paused = False
+
+    async def _alive(self, slot: Slot, timeout: float, what: str) -> None:
+        """Wait (bounded) for ALIVE with one live socket. Endings since the last judging came
+        between steps: each of a lag kind must be excused by loop lag (else a violation). A
+        FATAL reached meanwhile is accepted (and a fresh manager started) only when every such
+        ending was excused: the machine's verdict was already checked against the model on
+        every event; otherwise it is a violation. Either way the soak goes on."""
+
+        def ready() -> bool:
+            return slot.mgr.state is State.ALIVE and len(slot.gw.live_connections) == 1
+
+        await until(
+            lambda: ready() or slot.mgr.state is State.FATAL or slot.task.done(),
+            timeout,
+            f"{slot.name}: {what}",
+        )
+        obs = slot.observer
+        between = list(zip(obs.endings[obs.judged :], obs.end_marks[obs.judged :], strict=True))
+        obs.judged = len(obs.endings)
+        self.report.reconnects += len(between)
+        explained = True
+        for (end, _), at in between:
+            if end.kind not in LAG_KINDS:
+                explained = False
+                continue
+            lag = self._excusing_lag(slot, end, at)
+            if lag is None:
+                explained = False
+                self.report.violation(
+                    f"{slot.name}: {end.label()} between steps ({what}) with loop lag only "
+                    f"{self._peak_near(slot, end, at):.2f} s"
+                )
+            else:
+                self.report.excuse(f"{end.label()} between steps", lag)
+        if ready():
+            return
+        if not (between and explained):
+            self.report.violation(
+                f"{slot.name}: FATAL between steps ({what}) after endings "
+                f"{[e.label() for (e, _), _ in between]}"
+            )
+        await self._after_fatal(slot, f"between steps ({what})", False, True)
+        await until(ready, timeout, f"{slot.name}: {what} (fresh manager)")
+
+    def _hb_s(self, slot: Slot) -> float:
+        return slot.gw.heartbeat_interval_ms / 1000
+
+    def _excusing_lag(self, slot: Slot, end: End, at: float) -> float | None:
+        return excusing_lag(end.kind, at, slot.policy, self._hb_s(slot))
+
+    def _peak_near(self, slot: Slot, end: End, at: float) -> float:
+        deadline = lag_deadline_s(end.kind, slot.policy, self._hb_s(slot)) or 0.0
+        return LoopLag.peak(at - deadline - 0.5, at + 1.0)
+
+    def _lag_excused_any(self, slot: Slot) -> bool:
+        obs = slot.observer
+        return any(
+            self._excusing_lag(slot, end, at) is not None
+            for (end, _), at in zip(obs.endings, obs.end_marks, strict=True)
+        )
 
     # -- injecting ----------------------------------------------------------------------------
 
@@ -1276,6 +1390,8 @@ class Runner:
                 # hang: _judge counts the step as disturbed (an unplanned watchdog ending).
                 if any(e.kind in ("watchdog", "deadline") for e, _ in obs.endings):
                     return
+                if self._lag_excused_any(slot):
+                    return
                 raise
             await asyncio.sleep(0.02)
             got = self.tap.count(slot.app_id, "qqconn.bad_frame")
@@ -1306,39 +1422,72 @@ class Runner:
     def _judge(self, slot: Slot, step: Step) -> bool:
         """Compare what happened with the plan. Returns True when the step was disturbed
         (the loop ran so late that the plan's timing did not hold); then only the
-        differential check, which is exact whatever the timing, speaks for this step."""
+        differential check, which is exact whatever the timing, speaks for this step.
+
+        Endings and plan are walked in order. An ending the plan does not have there is
+        accepted only when it is of a kind a late loop causes by itself (a watchdog, an
+        attempt deadline, a connect failure) *and* the measured loop lag around it reached
+        ``LAG_EXCUSE_FRACTION`` of the deadline that fired: it is counted as excused by loop
+        lag, the rest of the plan may then not happen (the fault's release counted it, the
+        counters moved), and the FATAL verdict is the one the differential check already
+        held the machine to. A watchdog or deadline ending on a step that injected none,
+        without such lag, is a violation; so is any other ending out of plan."""
         r = self.report
-        actual = slot.observer.endings
+        obs = slot.observer
+        actual = obs.endings
+        obs.judged = len(actual)
         r.reconnects += len(actual)
         labels = [e.label() for e, _ in actual]
         planned = [pl.label() for pl in step.plan]
         reasons: list[str] = []
-        if step.kind not in WATCHDOG_KINDS:
-            reasons += [
-                f"unplanned {e.label()}" for e, _ in actual if e.kind in ("watchdog", "deadline")
-            ]
-        if not reasons:
-            fits = len(labels) == len(planned) or (step.fatal and len(labels) < len(planned))
-            for i, ((end, lived), pl) in enumerate(zip(actual, step.plan, strict=False)):
-                if labels[i] != planned[i]:
-                    if labels[i] in pl.alt:
-                        reasons.append(f"{labels[i]} instead of {planned[i]}")
-                    else:
-                        fits = False
-                    continue
-                if end.quick is None or end.quick in pl.quick:
-                    continue
-                text = f"{labels[i]} lived {lived:.3f}s, planned quick={pl.quick}"
-                if pl.certain:
-                    r.violation(f"{slot.name}: {step.label}: {text} with certainty")
-                else:
-                    reasons.append(text)
-            if not fits:
+        excused: list[tuple[str, float]] = []
+        matched: list[tuple[int, Planned]] = []
+        fits = True
+        j = 0
+        for i, (end, _) in enumerate(actual):
+            pl = step.plan[j] if j < len(step.plan) else None
+            unplanned = step.kind not in WATCHDOG_KINDS and end.kind in ("watchdog", "deadline")
+            if pl is not None and not unplanned and labels[i] == planned[j]:
+                matched.append((i, pl))
+                j += 1
+                continue
+            lag = self._excusing_lag(slot, end, obs.end_marks[i])
+            if lag is not None:
+                excused.append((labels[i], lag))
+                continue
+            if unplanned:
                 r.violation(
-                    f"{slot.name}: {step.label} ({step.timing}) caused endings {labels}, "
-                    f"planned {planned}"
+                    f"{slot.name}: {step.label} ({step.timing}): unplanned {labels[i]} with "
+                    f"loop lag only {self._peak_near(slot, end, obs.end_marks[i]):.2f} s; "
+                    f"endings {labels}, planned {planned}"
                 )
                 return True
+            if pl is not None and labels[i] in pl.alt:
+                reasons.append(f"{labels[i]} instead of {planned[j]}")
+            else:
+                fits = False
+            j += 1
+        if not excused:
+            fits = fits and (j == len(planned) or (step.fatal and j < len(planned)))
+        for i, pl in matched:
+            end, lived = actual[i]
+            if end.quick is None or end.quick in pl.quick:
+                continue
+            text = f"{labels[i]} lived {lived:.3f}s, planned quick={pl.quick}"
+            if pl.certain:
+                r.violation(f"{slot.name}: {step.label}: {text} with certainty")
+            else:
+                reasons.append(text)
+        if not fits:
+            r.violation(
+                f"{slot.name}: {step.label} ({step.timing}) caused endings {labels}, "
+                f"planned {planned}"
+            )
+            return True
+        if excused:
+            for label, lag in excused:
+                r.excuse(label, lag)
+            return True
         if reasons:
             r.disturbed += 1
             for reason in reasons:
@@ -1352,15 +1501,15 @@ class Runner:
             r.violation(f"{slot.name}: {step.label} ({step.timing}) ended in FATAL {got}")
         return False
 
-    async def _after_fatal(self, slot: Slot, step: Step, disturbed: bool) -> None:
+    async def _after_fatal(self, slot: Slot, label: str, planned: bool, disturbed: bool) -> None:
         r = self.report
         mgr = slot.mgr
-        if step.fatal:
+        if planned:
             r.fatal_planned += 1
         else:
             r.fatal_unplanned += 1
             if not disturbed:
-                r.violation(f"{slot.name}: FATAL after {step.label} was not planned")
+                r.violation(f"{slot.name}: FATAL after {label} was not planned")
         try:
             async with asyncio.timeout(5):
                 await slot.task
@@ -1375,7 +1524,7 @@ class Runner:
         sockets, requests = len(slot.gw.connections), len(slot.gw.http_requests)
         await asyncio.sleep(0.3)
         if len(slot.gw.connections) != sockets or len(slot.gw.http_requests) != requests:
-            r.violation(f"{slot.name}: requests after FATAL ({step.label})")
+            r.violation(f"{slot.name}: requests after FATAL ({label})")
         if len(slot.fatals) != 1:
             r.violation(f"{slot.name}: {len(slot.fatals)} fatal notifies for one FATAL")
         slot.check_state_file()
@@ -1560,6 +1709,7 @@ async def run_soak(
     every = sample_every_s if sample_every_s is not None else min(600.0, max(seconds / 4, 5.0))
     sampler = ResourceSampler(every, time.monotonic, emit=lambda text: print(text, flush=True))
     started = time.monotonic()
+    LoopLag.reset()
     lag = asyncio.create_task(_lag_monitor(report), name="soak-lag-monitor")
     auditor: asyncio.Task[None] | None = None
     try:
