@@ -39,9 +39,16 @@ verdict. It is used twice:
   After the step the endings that really happened are compared with the planned ones: when
   they match, FATAL must have happened exactly as planned (with the planned retryable flag and
   close code). When the machine's loop was so late that a planned-quick connection lived past
-  the threshold, or a zombie/attempt deadline fired without being injected, the step is
-  counted as *disturbed* (printed; more than a tenth of the steps is itself a failure) and
-  only the differential check applies to it.
+  the threshold, the step is counted as *disturbed* (printed; more than a tenth of the steps
+  is itself a failure) and only the differential check applies to it. An ending the client's
+  own rules produce when the loop is late (a zombie/stale watchdog, an attempt deadline, a
+  connect failure) that the plan does not have is accepted only when the loop lag measured
+  around it (:class:`LoopLag`, :func:`excusing_lag`) reaches ``LAG_EXCUSE_FRACTION`` of the
+  deadline that fired: it is counted and printed as *excused by loop lag*, the step's FATAL
+  verdict is then the one the differential check held the machine to, and the next step
+  starts from the model as it is. Without that lag such an ending is a violation. Endings
+  between steps are judged the same way; a FATAL they cause is accepted only when all of them
+  were excused, and a fresh manager takes over.
 
 One rule follows the machine rather than behaviour.md's letter: op 7 on a connection younger
 than the quick threshold is followed by the ordinary backoff, not "at once"
@@ -1572,10 +1579,13 @@ async def _check_leaks(
     slots: Sequence[Slot],
     timeout: float,
     sampler: ResourceSampler | None = None,
+    *,
+    final: bool = False,
 ) -> Resources:
     """Everything back to ``base`` (eventually: heartbeat sends live for a moment)? A miss is
     a leak: reported with the difference, then the new figures become the baseline. When the
-    figures are back and a resource sample is due, the sampler reads them there."""
+    figures are back and a resource sample is due (or this is the ``final`` check, whose
+    sample gives the run's end figures), the sampler reads them there."""
     report.leak_checks += 1
     matched: list[Resources] = []
 
@@ -1590,7 +1600,7 @@ async def _check_leaks(
 
     try:
         await until(settled, timeout, "resources back to baseline")
-        if sampler is not None and sampler.due():
+        if sampler is not None and (final or sampler.due()):
             sampler.take(matched[-1], [s.gw for s in slots])
     except StepTimeout:
         now = Resources.now()
@@ -1736,6 +1746,9 @@ async def run_soak(
                     await _run_concurrently(
                         runner, slots, schedulers, base, deadline, pace_s, barrier_every_s, sampler
                     )
+                # The end figures: one more settled check, every slot between steps.
+                report.phase = "leak check"
+                base = await _check_leaks(report, base, slots, 6.0, sampler, final=True)
                 report.phase = "close"
                 auditor.cancel()
                 await asyncio.gather(*(s.close() for s in slots))
