@@ -541,7 +541,7 @@ class LoopLag:
     recent_s: float = 0.0
     #: Samples of at least ``HISTORY_MIN_S`` as (wake time on ``time.monotonic``, lag), the
     #: last ``maxlen`` of them: what :meth:`peak` reads to judge an ending after the fact.
-    HISTORY_MIN_S: ClassVar[float] = 0.05
+    HISTORY_MIN_S: ClassVar[float] = 0.02
     history: ClassVar[deque[tuple[float, float]]] = deque(maxlen=4096)
 
     @classmethod
@@ -570,11 +570,11 @@ class LoopLag:
 #: An ending the client's own rules produce when the loop is late (a watchdog: zombie or stale;
 #: an attempt deadline; a connect failure, which is a timeout under lag) is *excused by loop
 #: lag* when the lag measured around it reaches this fraction of the deadline that fired. The
-#: monitor measures one wake-up; a heartbeat's round trip crosses the loop at least five times
-#: (client, proxy, fake, proxy, client), each late by up to that much, and a connect many more:
-#: a 240 s fifty-manager run on a loaded 2-core machine saw ACK deadlines of 0.4 s missed with
-#: 0.09-0.2 s of measured lag.
-LAG_EXCUSE_FRACTION = 0.2
+#: monitor measures one wake-up; a heartbeat's round trip crosses the loop about eight times
+#: (websockets' reader task and the reading coroutine on each end, the proxy's relay each way),
+#: each late by up to that much, and a connect many more: 240 s fifty-manager runs on a loaded
+#: 2-core machine missed ACK deadlines of 0.4 s with 0.06-0.2 s of measured lag.
+LAG_EXCUSE_FRACTION = 0.125
 #: Lag kinds that end a connection the plan expected to end otherwise (they take its place in
 #: the plan); a connect failure is an extra attempt instead (it takes none).
 LAG_REPLACES = frozenset({"watchdog", "deadline"})
@@ -603,6 +603,50 @@ def excusing_lag(kind: str, at: float, policy: Policy, hb_interval_s: float) -> 
         return None
     peak = LoopLag.peak(at - deadline - 0.5, at + 1.0)
     return peak if peak >= LAG_EXCUSE_FRACTION * deadline else None
+
+
+def align_endings(
+    actual: Sequence[tuple[str, str]],
+    plan: Sequence[Planned],
+    excusable: Sequence[bool],
+    *,
+    unplanned_kinds: frozenset[str],
+    fewer_ok: bool,
+) -> list[tuple[int, str, int | None]] | None:
+    """Walk the endings (``(kind, label)`` each) along the plan, in order; None when they do
+    not fit. Each ending is ``match`` (the planned label), ``alt`` (one of its planned
+    alternatives: a disturbance), or, when ``excusable`` (by loop lag), ``replace`` (a
+    watchdog or deadline that ended the connection the planned ending was for) or ``insert``
+    (an extra attempt). Kinds in ``unplanned_kinds`` never match the plan (the step injected
+    no watchdog). Every planned ending must be reached, but fewer are allowed when
+    ``fewer_ok`` (a fatal step) or once an ending was excused (the fault's release counted it
+    and the counters moved: the rest of the plan may not happen)."""
+    failed: set[tuple[int, int, bool]] = set()
+
+    def walk(i: int, j: int, excused: bool) -> list[tuple[int, str, int | None]] | None:
+        if i == len(actual):
+            return [] if j == len(plan) or fewer_ok or excused else None
+        if (i, j, excused) in failed:
+            return None
+        kind, label = actual[i]
+        options: list[tuple[str, int | None, int, bool]] = []
+        if j < len(plan) and kind not in unplanned_kinds:
+            if label == plan[j].label():
+                options.append(("match", j, j + 1, excused))
+            elif label in plan[j].alt:
+                options.append(("alt", j, j + 1, excused))
+        if excusable[i]:
+            if j < len(plan) and kind in LAG_REPLACES:
+                options.append(("replace", j, j + 1, True))
+            options.append(("insert", None, j, True))
+        for how, k, nj, ex in options:
+            rest = walk(i + 1, nj, ex)
+            if rest is not None:
+                return [(i, how, k), *rest]
+        failed.add((i, j, excused))
+        return None
+
+    return walk(0, 0, False)
 
 
 async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -1456,36 +1500,35 @@ class Runner:
         planned = [pl.label() for pl in step.plan]
         reasons: list[str] = []
         excused: list[tuple[str, float]] = []
-        matched: list[tuple[int, Planned]] = []
-        fits = True
-        j = 0
+        lags: list[float | None] = []
         for i, (end, _) in enumerate(actual):
-            pl = step.plan[j] if j < len(step.plan) else None
-            unplanned = step.kind not in WATCHDOG_KINDS and end.kind in ("watchdog", "deadline")
-            if pl is not None and not unplanned and labels[i] == planned[j]:
-                matched.append((i, pl))
-                j += 1
-                continue
             lag = self._excusing_lag(slot, end, obs.end_marks[i])
-            if lag is not None:
-                excused.append((labels[i], lag))
-                if pl is not None and end.kind in LAG_REPLACES:
-                    j += 1  # it ended the connection the plan's ending was for
-                continue
-            if unplanned:
+            lags.append(lag)
+            if lag is None and step.kind not in WATCHDOG_KINDS and end.kind in LAG_REPLACES:
                 r.violation(
                     f"{slot.name}: {step.label} ({step.timing}): unplanned {labels[i]} with "
                     f"loop lag only {self._peak_near(slot, end, obs.end_marks[i]):.2f} s; "
                     f"endings {labels}, planned {planned}"
                 )
                 return True
-            if pl is not None and labels[i] in pl.alt:
-                reasons.append(f"{labels[i]} instead of {planned[j]}")
+        pairs = align_endings(
+            [(e.kind, e.label()) for e, _ in actual],
+            step.plan,
+            [lag is not None for lag in lags],
+            unplanned_kinds=LAG_REPLACES if step.kind not in WATCHDOG_KINDS else frozenset(),
+            fewer_ok=step.fatal,
+        )
+        fits = pairs is not None
+        matched: list[tuple[int, Planned]] = []
+        for i, how, k in pairs or []:
+            if how == "match" and k is not None:
+                matched.append((i, step.plan[k]))
+            elif how == "alt" and k is not None:
+                reasons.append(f"{labels[i]} instead of {planned[k]}")
             else:
-                fits = False
-            j += 1
-        if not excused:
-            fits = fits and (j == len(planned) or (step.fatal and j < len(planned)))
+                lag = lags[i]
+                assert lag is not None
+                excused.append((labels[i], lag))
         for i, pl in matched:
             end, lived = actual[i]
             if end.quick is None or end.quick in pl.quick:

@@ -247,7 +247,7 @@ _ZOMBIE = End("watchdog", ZOMBIE_CLOSE_CODE, quick=False, reached=True, hello=Tr
 
 def test_a_watchdog_ending_under_loop_lag_is_excused_and_counted() -> None:
     """An op7 step pre-empted by the client's own zombie watchdog while the loop lagged past
-    a fifth of the ACK deadline (0.4 s here) is accepted, counted as excused, with its lag."""
+    an eighth of the ACK deadline (0.4 s here) is accepted, counted as excused, with its lag."""
     disturbed, report = _judge_with_lag(_OP7_STEP, [_ZOMBIE], lag_s=0.3)
     assert report.violations == []
     assert report.excused == {"watchdog": 1}
@@ -256,9 +256,9 @@ def test_a_watchdog_ending_under_loop_lag_is_excused_and_counted() -> None:
     assert "excused by loop lag: 1, max lag 0.30 s" in report.line("t")
 
 
-@pytest.mark.parametrize("lag_s", [None, 0.05])
+@pytest.mark.parametrize("lag_s", [None, 0.03])
 def test_the_same_watchdog_ending_without_loop_lag_is_a_violation(lag_s: float | None) -> None:
-    """The same ending with no lag, or lag below a fifth of the ACK deadline, is a violation."""
+    """The same ending with no lag, or lag below an eighth of the ACK deadline, is a violation."""
     _, report = _judge_with_lag(_OP7_STEP, [_ZOMBIE], lag_s=lag_s)
     assert len(report.violations) == 1
     assert "unplanned watchdog" in report.violations[0]
@@ -267,7 +267,7 @@ def test_the_same_watchdog_ending_without_loop_lag_is_a_violation(lag_s: float |
 
 def test_lag_excuses_only_endings_a_late_loop_can_cause() -> None:
     """Under the same lag, a drop where op7 was planned is still a violation; a connect
-    failure is excused only past a fifth of the connect timeout (3 s), not by the ACK lag."""
+    failure is excused only past an eighth of the connect timeout (3 s), not by the ACK lag."""
     _, report = _judge_with_lag(_OP7_STEP, [End("close", None, quick=False)], lag_s=2.0)
     assert len(report.violations) == 1 and report.excused == {}
     connect_failed = End("pre_socket", reached=False, hello=False)
@@ -295,6 +295,10 @@ def test_an_excused_watchdog_takes_the_place_of_the_ending_it_pre_empted() -> No
     assert report.violations == [] and report.excused == {"watchdog": 1}
     _, report = _judge_with_lag(step, [_ZOMBIE, End("op7", quick=False)], lag_s=0.3)
     assert len(report.violations) == 1 and "caused endings" in report.violations[0]
+    # Or it ended an extra attempt, after the trigger and before the planned failure.
+    drop = End("close", None, quick=False)
+    _, report = _judge_with_lag(step, [drop, _ZOMBIE, connect_failed], lag_s=0.3)
+    assert report.violations == [] and report.excused == {"watchdog": 1}
 
 
 def test_lag_long_before_an_ending_does_not_excuse_it() -> None:
