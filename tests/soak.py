@@ -542,7 +542,7 @@ class LoopLag:
     #: Samples of at least ``HISTORY_MIN_S`` as (wake time on ``time.monotonic``, lag), the
     #: last ``maxlen`` of them: what :meth:`peak` reads to judge an ending after the fact.
     HISTORY_MIN_S: ClassVar[float] = 0.02
-    history: ClassVar[deque[tuple[float, float]]] = deque(maxlen=4096)
+    history: ClassVar[deque[tuple[float, float]]] = deque(maxlen=16384)
 
     @classmethod
     def sample(cls, lag: float, at: float | None = None) -> None:
@@ -562,6 +562,18 @@ class LoopLag:
         return best
 
     @classmethod
+    def total(cls, start: float, end: float) -> float:
+        """The sum of the lags sampled with a wake time in ``[start, end]``: how long the loop
+        ran late in that span (samples below ``HISTORY_MIN_S`` are not kept)."""
+        late = 0.0
+        for at, lag in reversed(cls.history):
+            if at < start:
+                break
+            if at <= end:
+                late += lag
+        return late
+
+    @classmethod
     def reset(cls) -> None:
         cls.recent_s = 0.0
         cls.history.clear()
@@ -575,6 +587,8 @@ class LoopLag:
 #: each late by up to that much, and a connect many more: 240 s fifty-manager runs on a loaded
 #: 2-core machine missed ACK deadlines of 0.4 s with 0.06-0.2 s of measured lag.
 LAG_EXCUSE_FRACTION = 0.125
+#: Or when the lags sampled around it add up to this fraction of that deadline.
+LAG_TOTAL_FRACTION = 0.25
 #: Lag kinds that end a connection the plan expected to end otherwise (they take its place in
 #: the plan); a connect failure is an extra attempt instead (it takes none).
 LAG_REPLACES = frozenset({"watchdog", "deadline"})
@@ -597,12 +611,18 @@ def excusing_lag(kind: str, at: float, policy: Policy, hb_interval_s: float) -> 
     """The loop lag that excuses an ending of ``kind`` observed at ``at`` (``time.monotonic``),
     or None: the peak lag from one deadline (and half a second) before to a second after must
     reach ``LAG_EXCUSE_FRACTION`` of that deadline. The window reaches past ``at`` because the
-    lag monitor reports a stall when it wakes, which may be just after the ending it caused."""
+    lag monitor reports a stall when it wakes, which may be just after the ending it caused.
+    Or the lags sampled in the deadline before it add up to ``LAG_TOTAL_FRACTION`` of it."""
     deadline = lag_deadline_s(kind, policy, hb_interval_s)
     if deadline is None:
         return None
     peak = LoopLag.peak(at - deadline - 0.5, at + 1.0)
-    return peak if peak >= LAG_EXCUSE_FRACTION * deadline else None
+    if peak >= LAG_EXCUSE_FRACTION * deadline:
+        return peak
+    # A loop late by a little at every wake-up: late for a quarter of the deadline in total.
+    if LoopLag.total(at - deadline - 0.5, at + 0.1) >= LAG_TOTAL_FRACTION * deadline:
+        return peak
+    return None
 
 
 def align_endings(
@@ -617,17 +637,20 @@ def align_endings(
     not fit. Each ending is ``match`` (the planned label), ``alt`` (one of its planned
     alternatives: a disturbance), or, when ``excusable`` (by loop lag), ``replace`` (a
     watchdog or deadline that ended the connection the planned ending was for) or ``insert``
-    (an extra attempt). Kinds in ``unplanned_kinds`` never match the plan (the step injected
-    no watchdog). Every planned ending must be reached, but fewer are allowed when
-    ``fewer_ok`` (a fatal step) or once an ending was excused (the fault's release counted it
-    and the counters moved: the rest of the plan may not happen)."""
-    failed: set[tuple[int, int, bool]] = set()
+    (an extra attempt); after an excused ending, one of the plan's labels may ``repeat`` (the
+    fault was still on for the extra attempt). Kinds in ``unplanned_kinds`` never match the
+    plan (the step injected no watchdog). Every planned ending must be reached, but fewer are
+    allowed when ``fewer_ok`` (a fatal step) or once an ending was excused (the fault's
+    release counted it and the counters moved: the rest of the plan may not happen). Of the
+    walks that fit, one with the fewest repeats is returned."""
+    Walk = tuple[int, list[tuple[int, str, int | None]]]
+    memo: dict[tuple[int, int, bool], Walk | None] = {}
 
-    def walk(i: int, j: int, excused: bool) -> list[tuple[int, str, int | None]] | None:
+    def walk(i: int, j: int, excused: bool) -> Walk | None:
         if i == len(actual):
-            return [] if j == len(plan) or fewer_ok or excused else None
-        if (i, j, excused) in failed:
-            return None
+            return (0, []) if j == len(plan) or fewer_ok or excused else None
+        if (i, j, excused) in memo:
+            return memo[i, j, excused]
         kind, label = actual[i]
         options: list[tuple[str, int | None, int, bool]] = []
         if j < len(plan) and kind not in unplanned_kinds:
@@ -639,14 +662,22 @@ def align_endings(
             if j < len(plan) and kind in LAG_REPLACES:
                 options.append(("replace", j, j + 1, True))
             options.append(("insert", None, j, True))
+        if excused and any(label == p.label() for p in plan):
+            # The fault was still on for the extra attempt an excused ending caused.
+            options.append(("repeat", None, j, excused))
+        best: Walk | None = None
         for how, k, nj, ex in options:
             rest = walk(i + 1, nj, ex)
-            if rest is not None:
-                return [(i, how, k), *rest]
-        failed.add((i, j, excused))
-        return None
+            if rest is None:
+                continue
+            cost = rest[0] + (how == "repeat")
+            if best is None or cost < best[0]:
+                best = (cost, [(i, how, k), *rest[1]])
+        memo[i, j, excused] = best
+        return best
 
-    return walk(0, 0, False)
+    found = walk(0, 0, False)
+    return None if found is None else found[1]
 
 
 async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -1525,6 +1556,8 @@ class Runner:
                 matched.append((i, step.plan[k]))
             elif how == "alt" and k is not None:
                 reasons.append(f"{labels[i]} instead of {planned[k]}")
+            elif how == "repeat":
+                excused.append((f"{labels[i]} repeated after an excused ending", 0.0))
             else:
                 lag = lags[i]
                 assert lag is not None

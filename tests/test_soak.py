@@ -301,6 +301,22 @@ def test_an_excused_watchdog_takes_the_place_of_the_ending_it_pre_empted() -> No
     assert report.violations == [] and report.excused == {"watchdog": 1}
 
 
+def test_a_loop_late_at_every_wake_up_excuses_a_watchdog_ending() -> None:
+    """No single wake-up late by an eighth of the ACK deadline, but lateness adding up to a
+    quarter of it in the deadline before the ending: excused. Half of that: not."""
+    LoopLag.reset()
+    try:
+        for n in range(10):
+            LoopLag.sample(0.03, at=999.5 + n * 0.05)  # 10 x 30 ms = 0.3 s >= 0.1 s
+        assert excusing_lag("watchdog", 1000.0, SOAK_POLICY, 0.4) == pytest.approx(0.03)
+        LoopLag.reset()
+        LoopLag.sample(0.025, at=999.8)  # 25 ms < 50 ms peak, < 100 ms in total
+        LoopLag.sample(0.025, at=999.9)
+        assert excusing_lag("watchdog", 1000.0, SOAK_POLICY, 0.4) is None
+    finally:
+        LoopLag.reset()
+
+
 def test_lag_long_before_an_ending_does_not_excuse_it() -> None:
     """The lag must be measured around the ending: a spike a minute earlier excuses nothing."""
     LoopLag.reset()
