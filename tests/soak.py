@@ -1513,15 +1513,16 @@ class Runner:
         (the loop ran so late that the plan's timing did not hold); then only the
         differential check, which is exact whatever the timing, speaks for this step.
 
-        Endings and plan are walked in order. An ending the plan does not have there is
-        accepted only when it is of a kind a late loop causes by itself (a watchdog, an
-        attempt deadline, a connect failure) *and* the measured loop lag around it reached
-        ``LAG_EXCUSE_FRACTION`` of the deadline that fired: it is counted as excused by loop
-        lag (a watchdog or deadline takes the place of the planned ending of the connection it
-        ended, a connect failure is an extra attempt), the rest of the plan may then not happen (the fault's release counted it, the
-        counters moved), and the FATAL verdict is the one the differential check already
-        held the machine to. A watchdog or deadline ending on a step that injected none,
-        without such lag, is a violation; so is any other ending out of plan."""
+        Endings and plan are walked in order (:func:`align_endings`). An ending the plan does
+        not have there is accepted only when it is of a kind a late loop causes by itself (a
+        watchdog, an attempt deadline, a connect failure) *and* the loop lag measured around
+        it excuses it (:func:`excusing_lag`): it is counted as excused by loop lag (a
+        watchdog or deadline may take the place of the planned ending of the connection it
+        ended, or be an extra attempt, as a connect failure is), the rest of the plan may then
+        not happen (the fault's release counted it, the counters moved), and the FATAL verdict
+        is the one the differential check already held the machine to. A watchdog or deadline
+        ending on a step that injected none, without such lag, is a violation; so is any other
+        ending out of plan."""
         r = self.report
         obs = slot.observer
         actual = obs.endings
