@@ -1290,6 +1290,13 @@ class Runner:
         def ready() -> bool:
             return slot.mgr.state is State.ALIVE and len(slot.gw.live_connections) == 1
 
+        # However late the loop, the rules end in ALIVE or FATAL within the give-up time:
+        # every attempt allowed, each cut by the connect timeout, with the longest backoff.
+        p = slot.policy
+        give_up_s = p.max_reconnect_attempts * (
+            p.connect_timeout_s + max(p.backoff_s) * (1 + p.backoff_jitter)
+        )
+        timeout = max(timeout, give_up_s + 2.0)
         await until(
             lambda: ready() or slot.mgr.state is State.FATAL or slot.task.done(),
             timeout,
