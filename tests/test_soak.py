@@ -265,6 +265,15 @@ def test_the_same_watchdog_ending_without_loop_lag_is_a_violation(lag_s: float |
     assert report.excused == {}
 
 
+def test_a_watchdog_in_place_of_a_drop_is_a_disturbance_at_any_lag() -> None:
+    """A drop without close frame while an ACK is due races the zombie watchdog: counted as
+    disturbed (as before), not excused and not a violation."""
+    step = Step("drop", {}, "long", [Planned("close", None, quick=(False,))], fatal=False)
+    disturbed, report = _judge_with_lag(step, [_ZOMBIE], lag_s=None)
+    assert disturbed and report.violations == [] and report.excused == {}
+    assert report.disturbed == 1 and report.disturbances == {"watchdog instead of drop": 1}
+
+
 def test_lag_excuses_only_endings_a_late_loop_can_cause() -> None:
     """Under the same lag, a drop where op7 was planned is still a violation; a connect
     failure is excused only past an eighth of the connect timeout (3 s), not by the ACK lag."""
