@@ -349,11 +349,7 @@ def judge_false(scale: dict[str, Any]) -> dict[str, Any] | None:
     measured = {k: v for k, v in per.items() if v is not None}
     bad = {k: v for k, v in measured.items() if v}
     total = sum(measured.values())
-    ok: bool | None
-    if not measured:
-        ok = None
-    else:
-        ok = not bad and len(measured) == len(per)
+    ok = None if not measured else not bad and len(measured) == len(per)
     detail = ", ".join(f"{v} at {k}" for k, v in bad.items()) or (
         "0 in every run" if ok else "not every run measured"
     )
@@ -384,7 +380,14 @@ def judge_gc(scale: dict[str, Any]) -> dict[str, Any] | None:
         b,
         f"≤ {GC_PAUSE_MS:g} ms",
         None if q is None else q <= GC_PAUSE_MS,
-        "" if q is None else f"{q:.1f} ms",
+        ""
+        if q is None
+        else f"{q:.1f} ms"
+        + (
+            "; no collection in the window"
+            if _get(run.get("qqconn"), "gc_collections") == 0
+            else ""
+        ),
     )
 
 

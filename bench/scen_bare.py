@@ -359,7 +359,9 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     return result
 
 
-async def _burst(a: argparse.Namespace, ctl: Control, client: BareClient, sink: Sink) -> dict[str, Any]:
+async def _burst(
+    a: argparse.Namespace, ctl: Control, client: BareClient, sink: Sink
+) -> dict[str, Any]:
     """Item 1's burst on connection 0 (on the first fake) while the others stay connected."""
     sid = client.session_id
     sink.reset(a.warmup)
