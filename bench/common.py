@@ -391,6 +391,22 @@ def fakes_cpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return {"total_pct_of_core": sum(pcts), "busiest_pct_of_core": max(pcts, default=0.0)}
 
 
+async def ramp(n: int, per_s: float, add: Any, pending: Any, max_pending: int) -> None:
+    """Start ``n`` connections (``add()``) at ``per_s`` a second; with ``max_pending``, also
+    never more than that many not yet up (``pending()``), so a client that cannot keep up
+    with the rate is measured at its own pace instead of piling up handshakes that time out."""
+    t_ramp = time.monotonic()
+    for i in range(n):
+        if max_pending and pending() >= max_pending:
+            await until(lambda: pending() < max_pending, 600, step=0.005, what="a pending start")
+        add()
+        delay = t_ramp + (i + 1) / per_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i % 20 == 19:
+            await asyncio.sleep(0)
+
+
 class Fakes:
     """The client's view of one or more fakes (``--more-fakes``): connection ``i`` goes to fake
     ``i % len``; ``stats``, ``gaps`` and ``call_all`` ask every fake and merge."""
@@ -446,6 +462,13 @@ def many_parser_options(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument(
         "--burst", type=int, default=0, help="then a burst of this many frames on connection 0"
+    )
+    ap.add_argument(
+        "--max-pending",
+        type=int,
+        default=0,
+        help="ramp: start the next connection only while fewer than this many are not yet "
+        "ALIVE/READY (0: no bound, item 5)",
     )
     ap.add_argument(
         "--freeze-window",

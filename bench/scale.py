@@ -49,6 +49,9 @@ class ScaleConfig:
     real_hb_ms: int = 41_250
     real_tick_s: float = 1.0
     ramp_per_s: float = 250.0
+    #: The ramp never has more than this many connections not yet ALIVE/READY (closed loop:
+    #: a client slower than the rate is timed at its own pace, not drowned in handshakes).
+    max_pending: int = 100
     settle_intervals: float = 0.5
     window_intervals: float = 2.0
     stress_count: int = 1_000
@@ -96,6 +99,7 @@ class Run:
     window_s: float
     burst: int
     freeze_window_s: float  # qqconn only
+    max_pending: int = 0
 
     def fakes(self, per_fake: int) -> int:
         return max(1, math.ceil((self.n + 1) / per_fake))
@@ -126,6 +130,7 @@ def plan(cfg: ScaleConfig) -> list[Run]:
                 window_s=cfg.window_intervals * iv,
                 burst=cfg.burst if n == cfg.burst_count else 0,
                 freeze_window_s=cfg.window_intervals * iv if n == cfg.freeze_count else 0.0,
+                max_pending=cfg.max_pending,
             )
         )
     runs.append(
@@ -139,6 +144,7 @@ def plan(cfg: ScaleConfig) -> list[Run]:
             window_s=cfg.stress_window_s,
             burst=0,
             freeze_window_s=0.0,
+            max_pending=cfg.max_pending,
         )
     )
     return runs
@@ -180,6 +186,8 @@ def scale_scenario(py: str, side: str, run: Run, per_fake: int) -> dict[str, Any
             str(run.window_s),
             "--more-fakes",
             json.dumps(more),
+            "--max-pending",
+            str(run.max_pending),
         ]
         if run.burst:
             cmd += ["--burst", str(run.burst)]

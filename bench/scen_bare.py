@@ -44,6 +44,7 @@ from common import (
     heartbeat_window,
     paced_phase,
     raise_nofile,
+    ramp,
     rss_kb,
     until,
     window_figures,
@@ -91,6 +92,7 @@ class BareClient:
         self.ready = asyncio.Event()
         self.closed_at: float | None = None
         self.session_id: str | None = None
+        self.on_ready: Callable[[], None] | None = None
 
     async def run(self) -> None:
         hb: asyncio.Task[None] | None = None
@@ -111,6 +113,8 @@ class BareClient:
                         if msg.get("t") == "READY":
                             self.session_id = msg["d"].get("session_id")
                             self.ready.set()
+                            if self.on_ready is not None:
+                                self.on_ready()
                         if self.on_dispatch is not None:
                             self.on_dispatch(msg)
                     elif op == 11:
@@ -291,11 +295,16 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     clients: list[BareClient] = []
     tasks: list[asyncio.Task[None]] = []
     sink = Sink()
+    ready = [0]  # connections that got READY (the ramp's bound counts the others)
+
+    def count_ready() -> None:
+        ready[0] += 1
 
     def add() -> None:
         fake, _ = fakes.of(len(clients))
         token = tokens[len(clients) % len(tokens)]
         c = BareClient(fake["ws_url"], token, sink if not clients else lambda d: None)
+        c.on_ready = count_ready
         clients.append(c)
         tasks.append(asyncio.create_task(c.run()))
 
@@ -304,13 +313,7 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     gc.collect()
     rss0 = rss_kb()
     t_ramp, fr0 = time.monotonic(), await fakes.stats()
-    for i in range(a.n):
-        add()
-        delay = t_ramp + (i + 1) / a.ramp_per_s - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif i % 20 == 19:
-            await asyncio.sleep(0)
+    await ramp(a.n, a.ramp_per_s, add, lambda: len(clients) - ready[0], a.max_pending)
     await until(
         lambda: all(c.ready.is_set() for c in clients), 300 + a.n / 50, step=0.1, what="all READY"
     )

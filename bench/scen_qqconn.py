@@ -35,6 +35,7 @@ from common import (
     heartbeat_window,
     paced_phase,
     raise_nofile,
+    ramp,
     rss_kb,
     until,
     window_figures,
@@ -315,6 +316,11 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     mgrs: list[ConnectionManager] = []
     tasks: list[asyncio.Task[None]] = []
     sink = Sink()
+    alive = [0]  # connections ALIVE now (the ramp's bound counts the others)
+
+    def record(log: list[tuple[float, State, State, str]], c: Any) -> None:
+        log.append((time.monotonic(), c.state, c.previous, c.trigger))
+        alive[0] += (c.state is State.ALIVE) - (c.previous is State.ALIVE)
 
     def add() -> None:
         log: list[tuple[float, State, State, str]] = []
@@ -327,9 +333,7 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
             api_base=fake["api_base"],
             token_url=fake["token_url"],
             on_dispatch=sink if not mgrs else None,
-            on_state_change=lambda c, log=log: log.append(
-                (time.monotonic(), c.state, c.previous, c.trigger)
-            ),
+            on_state_change=lambda c, log=log: record(log, c),
         )
         mgrs.append(mgr)
         tasks.append(asyncio.create_task(mgr.run()))
@@ -340,13 +344,7 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     gc.collect()
     rss0 = rss_kb()
     t_ramp, fr0 = time.monotonic(), await fakes.stats()
-    for i in range(a.n):
-        add()
-        delay = t_ramp + (i + 1) / a.ramp_per_s - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif i % 20 == 19:
-            await asyncio.sleep(0)
+    await ramp(a.n, a.ramp_per_s, add, lambda: len(mgrs) - alive[0], a.max_pending)
     await until(
         lambda: all(m.state is State.ALIVE for m in mgrs),
         300 + a.n / 50,
