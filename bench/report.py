@@ -854,7 +854,11 @@ def scale_section(r: dict[str, Any]) -> str:
                 f"({res.get('fakes', 1)}) | {_scale_num(res.get('machine_busy_pct'))} |"
             )
             b = res.get("burst")
-            if b:
+            if b and "error" in b:
+                notes.append(
+                    f"* Burst beside {n:,} idle connections, {side}: failed ({b['error']})."
+                )
+            elif b:
                 notes.append(
                     f"* Burst beside {n:,} idle connections, {side}: {b['events_per_s']:,.0f} events/s, "
                     f"{b['client_cpu_us_per_event']:.1f} µs of client CPU per event "

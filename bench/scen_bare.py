@@ -329,7 +329,10 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     gaps = await fakes.gaps(since=t0, until=t1, interval_s=interval)
     extra: dict[str, Any] = {}
     if a.burst > 0:
-        extra["burst"] = await _burst(a, ctl, clients[0], sink)
+        try:
+            extra["burst"] = await _burst(a, ctl, clients[0], sink)
+        except (RuntimeError, TimeoutError) as exc:  # reported, and the run's figures kept
+            extra["burst"] = {"events": a.burst, "error": f"{type(exc).__name__}: {exc}"}
     result = {
         **window_figures(
             side="bare",

@@ -383,7 +383,10 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
         gc.unfreeze()
         t_end = t3
     if a.burst > 0:
-        extra["burst"] = await _burst(a, ctl, mgrs[0], sink)
+        try:
+            extra["burst"] = await _burst(a, ctl, mgrs[0], sink)
+        except (RuntimeError, TimeoutError) as exc:  # reported, and the run's figures kept
+            extra["burst"] = {"events": a.burst, "error": f"{type(exc).__name__}: {exc}"}
         t_end = time.monotonic()
     # A connection that left ALIVE before we stopped it is a false detection: the fakes are
     # healthy throughout. Counted during the ramp, the window(s) and the burst.

@@ -348,3 +348,12 @@ def test_a_failed_run_is_shown_as_its_error() -> None:
     sc["runs"]["real-100"]["bare"] = {"error": "exit 1, no RESULT line"}
     section = document(sc).split("## Item 10", 1)[1]
     assert "| 100 at 41.25 s | bare | error: exit 1, no RESULT line |" in section
+
+
+def test_a_failed_burst_is_not_measured_and_says_why() -> None:
+    sc = result()
+    sc["runs"]["real-1000"]["qqconn"]["burst"] = {"events": 200_000, "error": "RuntimeError: reset"}
+    v = by_key(sc)
+    assert v["throughput"]["ok"] is None
+    section = document(sc).split("## Item 10", 1)[1]
+    assert "Burst beside 1,000 idle connections, qqconn: failed (RuntimeError: reset)." in section
