@@ -936,13 +936,30 @@ def scale_missed(r: dict[str, Any]) -> list[str]:
                     for reason in (x.get("qqconn") or {}).get("false_detection_reasons", [])
                 }
             )
+            server = [x for x in reasons if "4009" in x]
+            why = (
+                " A 4009 close is the fake's own watchdog, as the real gateway's (docs/protocol.md "
+                "§7): no heartbeat from that socket for 1.5 intervals, counted from the socket's "
+                "opening for the first one. qqconn's beats came that late: its event loop lagged "
+                "(a start-up burst of handshakes, a collection, or the machine's other load), "
+                "which docs/behaviour.md rule 21 cannot excuse on the server's side."
+                if server
+                else ""
+            )
+            own = [x for x in reasons if "4009" not in x]
+            why += (
+                " The other endings are qqconn's own detectors: rule 21 excuses an ACK late "
+                "because the loop stalled, once per heartbeat, so these stalls outlasted the "
+                "re-armed deadline."
+                if own
+                else ""
+            )
             out.append(
                 f"**10. False detections ({v['detail']}).** Connections left ALIVE although every "
-                f"fake was healthy; their endings: {', '.join(reasons) or 'not recorded'}. "
-                "docs/behaviour.md rule 21 excuses an ACK that is late because the loop stalled; "
-                "an ending here means a stall longer than the re-armed deadline, or a "
-                "detector that is not excused (a stale socket). The per-count table says whether "
-                "they came in the ramp or the steady window.\n"
+                f"fake was healthy; their endings: {', '.join(reasons) or 'not recorded'}.{why} "
+                "The per-count table says whether they came in the ramp or the steady window; "
+                "closing it: less work per connection start and per heartbeat on the loop, and "
+                "`gc.freeze()` after start-up.\n"
             )
         elif key == "gc":
             counts = scale_item.real_counts(sc)
