@@ -817,8 +817,9 @@ def scale_section(r: dict[str, Any]) -> str:
         return ""
     out = ["## Item 10: many connections at scale (bench/scale.py)\n"]
     out.append(
-        f"One run per count and side (planned {sc.get('planned_s', 0) / 60:.1f} min, took "
-        f"{sc.get('duration_s', 0) / 60:.1f} min). Memory per connection at the smallest count is "
+        f"One run per count and side (planned {sc.get('planned_s', 0) / 60:.1f} min from the "
+        f"configured ramp rate, took {sc.get('duration_s', 0) / 60:.1f} min: a client that starts "
+        "connections more slowly than the rate, or a loaded machine, takes longer). Memory per connection at the smallest count is "
         "dominated by fixed costs (the process's first-use caches, pools, the shared HTTP client and "
         "token source, allocator arenas) spread over few connections: it is shown, but the "
         '"flat" target compares the two largest counts.\n'
@@ -1005,8 +1006,10 @@ real Hello interval ({c["real_hb_ms"] / 1000:g} s) and {c["stress_count"]:,} at 
 ({c["stress_hb_ms"] / 1000:g} s), each count in one client process, qqconn and bare one after the
 other in the same run (the order alternates from one count to the next), one run each. Item 5's
 `many` scenario with options: one warm-up connection, then the count started at
-{c["ramp_per_s"]:g}/s ({c["stress_ramp_per_s"]:g}/s at the stress interval), every connection with
-its own session. The fakes are several `bench/gateway_proc.py` processes, one per
+{c["ramp_per_s"]:g}/s ({c["stress_ramp_per_s"]:g}/s at the stress interval) but never more than
+{c.get("max_pending", 0):,} not yet ALIVE/READY at a time (a closed loop: a client slower than the rate
+is timed at its own pace instead of piling up handshakes that time out and retry), every
+connection with its own session. The fakes are several `bench/gateway_proc.py` processes, one per
 {c["per_fake"]:,} connections, each on its own loopback port; connection *i* goes to fake *i* mod *k*
 (qqconn's managers then share one HTTP client and token source per fake, as managers of one app
 do), and their statistics and heartbeat gaps are merged (`common.merge_gaps`: percentiles over all

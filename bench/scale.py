@@ -74,7 +74,6 @@ QUICK = ScaleConfig(
     counts=(50, 200),
     real_hb_ms=2_000,
     real_tick_s=0.5,
-    settle_intervals=1.0,
     stress_count=200,
     stress_ramp_per_s=200.0,
     stress_window_s=4.0,
