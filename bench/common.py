@@ -393,8 +393,9 @@ def fakes_cpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 async def ramp(n: int, per_s: float, add: Any, pending: Any, max_pending: int) -> None:
     """Start ``n`` connections (``add()``) at ``per_s`` a second; with ``max_pending``, also
-    never more than that many not yet up (``pending()``), so a client that cannot keep up
-    with the rate is measured at its own pace instead of piling up handshakes that time out."""
+    never more than that many in their first attempt (``pending()``: started, neither up nor
+    ended yet), so a client that cannot keep up with the rate is measured at its own pace
+    instead of piling up handshakes that time out."""
     t_ramp = time.monotonic()
     for i in range(n):
         if max_pending and pending() >= max_pending:

@@ -1007,7 +1007,8 @@ real Hello interval ({c["real_hb_ms"] / 1000:g} s) and {c["stress_count"]:,} at 
 other in the same run (the order alternates from one count to the next), one run each. Item 5's
 `many` scenario with options: one warm-up connection, then the count started at
 {c["ramp_per_s"]:g}/s ({c["stress_ramp_per_s"]:g}/s at the stress interval) but never more than
-{c.get("max_pending", 0):,} not yet ALIVE/READY at a time (a closed loop: a client slower than the rate
+{c.get("max_pending", 0):,} in their first attempt (started, neither ALIVE/READY nor ended) at a time
+(a closed loop: a client slower than the rate
 is timed at its own pace instead of piling up handshakes that time out and retry), every
 connection with its own session. The fakes are several `bench/gateway_proc.py` processes, one per
 {c["per_fake"]:,} connections, each on its own loopback port; connection *i* goes to fake *i* mod *k*

@@ -92,7 +92,8 @@ class BareClient:
         self.ready = asyncio.Event()
         self.closed_at: float | None = None
         self.session_id: str | None = None
-        self.on_ready: Callable[[], None] | None = None
+        #: Called once: at READY, or when the socket closes before it.
+        self.on_settled: Callable[[], None] | None = None
 
     async def run(self) -> None:
         hb: asyncio.Task[None] | None = None
@@ -113,8 +114,8 @@ class BareClient:
                         if msg.get("t") == "READY":
                             self.session_id = msg["d"].get("session_id")
                             self.ready.set()
-                            if self.on_ready is not None:
-                                self.on_ready()
+                            if self.on_settled is not None:
+                                self.on_settled()
                         if self.on_dispatch is not None:
                             self.on_dispatch(msg)
                     elif op == 11:
@@ -127,6 +128,8 @@ class BareClient:
             pass
         finally:
             self.closed_at = time.monotonic()
+            if not self.ready.is_set() and self.on_settled is not None:
+                self.on_settled()
             if hb is not None:
                 hb.cancel()
 
@@ -295,16 +298,16 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     clients: list[BareClient] = []
     tasks: list[asyncio.Task[None]] = []
     sink = Sink()
-    ready = [0]  # connections that got READY (the ramp's bound counts the others)
+    settled = [0]  # connections that got READY or closed (the ramp's bound counts the others)
 
-    def count_ready() -> None:
-        ready[0] += 1
+    def count_settled() -> None:
+        settled[0] += 1
 
     def add() -> None:
         fake, _ = fakes.of(len(clients))
         token = tokens[len(clients) % len(tokens)]
         c = BareClient(fake["ws_url"], token, sink if not clients else lambda d: None)
-        c.on_ready = count_ready
+        c.on_settled = count_settled
         clients.append(c)
         tasks.append(asyncio.create_task(c.run()))
 
@@ -313,7 +316,7 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     gc.collect()
     rss0 = rss_kb()
     t_ramp, fr0 = time.monotonic(), await fakes.stats()
-    await ramp(a.n, a.ramp_per_s, add, lambda: len(clients) - ready[0], a.max_pending)
+    await ramp(a.n, a.ramp_per_s, add, lambda: len(clients) - settled[0], a.max_pending)
     await until(
         lambda: all(c.ready.is_set() for c in clients), 300 + a.n / 50, step=0.1, what="all READY"
     )

@@ -316,11 +316,15 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     mgrs: list[ConnectionManager] = []
     tasks: list[asyncio.Task[None]] = []
     sink = Sink()
-    alive = [0]  # connections ALIVE now (the ramp's bound counts the others)
+    # Connections whose first attempt is over (ALIVE, or ended): the ramp's bound counts the
+    # others. One that ended and backs off no longer holds the ramp back.
+    settled = [0]
+    first_over = (State.ALIVE, State.BACKOFF, State.QUICK_DROPPED, State.FATAL, State.STOPPED)
 
     def record(log: list[tuple[float, State, State, str]], c: Any) -> None:
+        if c.state in first_over and not any(x[1] in first_over for x in log):
+            settled[0] += 1
         log.append((time.monotonic(), c.state, c.previous, c.trigger))
-        alive[0] += (c.state is State.ALIVE) - (c.previous is State.ALIVE)
 
     def add() -> None:
         log: list[tuple[float, State, State, str]] = []
@@ -344,7 +348,7 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     gc.collect()
     rss0 = rss_kb()
     t_ramp, fr0 = time.monotonic(), await fakes.stats()
-    await ramp(a.n, a.ramp_per_s, add, lambda: len(mgrs) - alive[0], a.max_pending)
+    await ramp(a.n, a.ramp_per_s, add, lambda: len(mgrs) - settled[0], a.max_pending)
     await until(
         lambda: all(m.state is State.ALIVE for m in mgrs),
         300 + a.n / 50,
