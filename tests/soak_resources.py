@@ -216,8 +216,10 @@ class ResourceSampler:
         if not self.samples:
             return "no resource sample"
         first, last = self.samples[0], self.samples[-1]
+        problems = self.problems()
+        verdict = "flat" if not problems else f"NOT FLAT ({len(problems)} problems)"
         return (
             f"{len(self.samples)} samples; start {first.line()}; end {last.line()}; "
             f"bound: rss less the fake's records +{self.rss_slack_kib / 1024:.0f} MiB, fds and "
-            "tasks exact"
+            f"tasks exact; verdict: {verdict}"
         )

@@ -246,9 +246,11 @@ async def test_stop_reports_what_the_host_could_not_finish_within_the_bound() ->
     the host never got."""
     policy = replace(FAST, close_timeout_s=0.3)
     started = asyncio.Event()
+    entered: list[int | None] = []
     got: list[int | None] = []
 
     async def slow(d: Dispatch) -> None:
+        entered.append(d.seq)
         if d.seq is not None and d.seq >= 2:
             started.set()
             await asyncio.sleep(0.25)
@@ -272,8 +274,13 @@ async def test_stop_reports_what_the_host_could_not_finish_within_the_bound() ->
             took = time.monotonic() - stopping
         undelivered = [e for e in logs if e["event"] == "qqconn.undelivered_on_exit"]
         assert len(undelivered) == 1
-        # Queued and never started; the one in the handler when the drain gave up is the +1.
-        assert undelivered[0]["pending"] + len(got) + 1 == 7
+        # "pending" is what was queued and never started: every dispatch the handler was not
+        # even given. At most one was inside the handler when the drain gave up (cancelled,
+        # so entered but not finished); on a loaded machine the bound can also end between two.
+        assert undelivered[0]["pending"] == 7 - len(entered)
+        assert got == entered[: len(got)]
+        assert len(entered) - len(got) <= 1
+        assert len(entered) < 7  # the bound really was too short for the queue
         assert took < policy.close_timeout_s * 3 + 1.0
 
 

@@ -298,9 +298,14 @@ async def test_zombie_is_detected_and_resumed() -> None:
         assert first.closed_at is not None
         assert first.closed_at - last_ack <= 2 * HB_MS / 1000 + 0.2
         assert first.close_code not in (1000, 1001)
+        # The cause: qqconn itself closed it (4000, resumable) because no ACK came.
+        assert (first.closed_by, first.close_code) == ("client", 4000)
+        ending = r.mgr.machine.last_ending
+        assert ending is not None and ending.kind is EndingKind.ZOMBIE
         r.gw.faults.ack = True
         await r.until(lambda: r.gw.resumes == 1, timeout=5)
         await r.until_state(State.ALIVE)
+        assert r.gw.identifies == 1 and r.host.fatals == []
 
 
 async def test_half_open_server_is_detected_and_resumed() -> None:
@@ -310,9 +315,15 @@ async def test_half_open_server_is_detected_and_resumed() -> None:
         await r.until_state(State.ALIVE)
         r.gw.faults.silent = True
         await r.until(lambda: r.gw.connections[0].closed_at is not None, timeout=5)
+        # The cause: qqconn's own watchdog closed it (4000, resumable), not the server.
+        first = r.gw.connections[0]
+        assert (first.closed_by, first.close_code) == ("client", 4000)
+        ending = r.mgr.machine.last_ending
+        assert ending is not None and ending.kind in (EndingKind.ZOMBIE, EndingKind.STALE)
         r.gw.faults.silent = False
         await r.until(lambda: r.gw.resumes == 1, timeout=5)
         await r.until_state(State.ALIVE)
+        assert r.gw.identifies == 1 and r.host.fatals == []
 
 
 async def test_every_fifth_ack_logs_one_info_line() -> None:

@@ -449,6 +449,25 @@ def test_token_http_error_is_refused_without_the_body(status: int) -> None:
     assert str(status) in text
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_token_endpoint_401_and_403_are_refused_credentials(status: int) -> None:
+    """Rule 20: HTTP 401 or 403 from the token endpoint refuses the credentials (a refresh,
+    then FATAL like close 4004), whatever the body says, and never quotes it."""
+    body = _token_body(access_token=TOKEN, expires_in="7200")
+    with pytest.raises(CredentialsRefused) as info:
+        parse_token_response(status, body)
+    assert str(status) in str(info.value) and TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize("status", [400, 404, 429, 500, 502])
+def test_token_endpoint_other_http_errors_are_not_refusals(status: int) -> None:
+    """Any other non-200 answer from the token endpoint is a plain failure (retried with
+    backoff), not refused credentials."""
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_token_response(status, b"{}")
+    assert not isinstance(info.value, CredentialsRefused)
+
+
 @given(status=st.sampled_from([200, 200, 200, 500]), body=st.binary(max_size=200))
 def test_token_response_fuzz(status: int, body: bytes) -> None:
     """Arbitrary bytes: a (token, expires) pair or RemoteProtocolError, nothing else."""
