@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -124,8 +124,8 @@ class BareClient:
                         await ws.send(self.identify)
                         interval = msg["d"]["heartbeat_interval"] / 1000
                         hb = asyncio.create_task(self._beat(ws, interval))
-        except ConnectionClosed:
-            pass
+        except (ConnectionClosed, InvalidHandshake, InvalidMessage, OSError):
+            pass  # a handshake refused or cut counts as a closed connection, as a close does
         finally:
             self.closed_at = time.monotonic()
             if not self.ready.is_set() and self.on_settled is not None:
