@@ -340,6 +340,145 @@ def window_figures(
     }
 
 
+# -- several fakes (item 10) ----------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """The ``p``-th percentile of an already sorted list (nearest rank, as the fake computes it)."""
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(p / 100 * len(sorted_values)))]
+
+
+def merge_gaps(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``heartbeat_gaps`` answer from several fakes' answers, each asked with ``raw=True``
+    (their ``late`` lists): percentiles over all the gaps together, counts summed, the fewest
+    beats of any connection over all fakes."""
+    late = sorted(x for part in parts for x in part.get("late", []))
+    return {
+        "gaps": len(late),
+        "beats": sum(p.get("beats", 0) for p in parts),
+        "p50_s": percentile(late, 50),
+        "p99_s": percentile(late, 99),
+        "max_s": late[-1] if late else None,
+        "min_s": late[0] if late else None,
+        "connections_with_beats": sum(p.get("connections_with_beats", 0) for p in parts),
+        "fewest_beats": min((p.get("fewest_beats", 0) for p in parts), default=0),
+        "fakes": len(parts),
+    }
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``stats`` answer from several fakes': CPU seconds, memory and sockets summed, the
+    time of the earliest answer, and each fake's own answer kept (``per_fake``)."""
+    return {
+        "cpu_s": sum(p["cpu_s"] for p in parts),
+        "rss_kb": sum(p.get("rss_kb", 0) for p in parts),
+        "t": min(p["t"] for p in parts),
+        "connections": sum(p.get("connections", 0) for p in parts),
+        "live": sum(p.get("live", 0) for p in parts),
+        "per_fake": [dict(p) for p in parts],
+    }
+
+
+def fakes_cpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The fakes' CPU between two :func:`merge_stats` answers, % of one core: all of them
+    together and the busiest one (a fake near 100 % would be the bottleneck)."""
+    pcts = [
+        100 * (b["cpu_s"] - a["cpu_s"]) / max(b["t"] - a["t"], 1e-9)
+        for a, b in zip(before["per_fake"], after["per_fake"], strict=True)
+    ]
+    return {"total_pct_of_core": sum(pcts), "busiest_pct_of_core": max(pcts, default=0.0)}
+
+
+async def ramp(n: int, per_s: float, add: Any, pending: Any, max_pending: int) -> None:
+    """Start ``n`` connections (``add()``) at ``per_s`` a second; with ``max_pending``, also
+    never more than that many in their first attempt (``pending()``: started, neither up nor
+    ended yet), so a client that cannot keep up with the rate is measured at its own pace
+    instead of piling up handshakes that time out."""
+    t_ramp = time.monotonic()
+    for i in range(n):
+        if max_pending and pending() >= max_pending:
+            await until(lambda: pending() < max_pending, 600, step=0.005, what="a pending start")
+        add()
+        delay = t_ramp + (i + 1) / per_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i % 20 == 19:
+            await asyncio.sleep(0)
+
+
+class Fakes:
+    """The client's view of one or more fakes (``--more-fakes``): connection ``i`` goes to fake
+    ``i % len``; ``stats``, ``gaps`` and ``call_all`` ask every fake and merge."""
+
+    def __init__(self, endpoints: list[dict[str, Any]], controls: list[Control]) -> None:
+        self.endpoints = endpoints
+        self.controls = controls
+
+    @classmethod
+    async def connect(cls, a: argparse.Namespace, first: Control) -> Fakes:
+        endpoints = [
+            {
+                "control": a.control,
+                "api_base": a.api_base,
+                "token_url": a.token_url,
+                "ws_url": a.ws_url,
+                "app_id": a.app_id,
+            },
+            *json.loads(a.more_fakes),
+        ]
+        controls = [first] + [await Control.connect(e["control"]) for e in endpoints[1:]]
+        return cls(endpoints, controls)
+
+    def of(self, i: int) -> tuple[dict[str, Any], Control]:
+        k = i % len(self.endpoints)
+        return self.endpoints[k], self.controls[k]
+
+    async def call_all(self, cmd: str, **args: Any) -> list[Any]:
+        return list(await asyncio.gather(*(c.call(cmd, **args) for c in self.controls)))
+
+    async def stats(self) -> dict[str, Any]:
+        return merge_stats(await self.call_all("stats"))
+
+    async def gaps(self, since: float, until: float, interval_s: float) -> dict[str, Any]:
+        parts = await self.call_all(
+            "heartbeat_gaps", since=since, until=until, interval_s=interval_s, raw=True
+        )
+        return merge_gaps(parts)
+
+    async def close(self) -> None:
+        for c in self.controls[1:]:
+            await c.close()
+
+
+def many_parser_options(ap: argparse.ArgumentParser) -> None:
+    """The options item 10 (bench/scale.py) adds to item 5's ``many`` scenario; their defaults
+    are item 5's behaviour."""
+    ap.add_argument(
+        "--more-fakes", default="[]", help="JSON list of further fakes' endpoints (round-robin)"
+    )
+    ap.add_argument(
+        "--settle", type=float, default=None, help="s after all ALIVE (default 2 intervals)"
+    )
+    ap.add_argument(
+        "--burst", type=int, default=0, help="then a burst of this many frames on connection 0"
+    )
+    ap.add_argument(
+        "--max-pending",
+        type=int,
+        default=0,
+        help="ramp: start the next connection only while fewer than this many are not yet "
+        "ALIVE/READY (0: no bound, item 5)",
+    )
+    ap.add_argument(
+        "--freeze-window",
+        type=float,
+        default=0.0,
+        help="qqconn: then gc.freeze() and a second window this long",
+    )
+
+
 def client_parser(
     scenarios: list[str], *, n: int, warmup: int, window_s: float
 ) -> argparse.ArgumentParser:
@@ -364,6 +503,7 @@ def client_parser(
         help="throughput: then this many events paced at --paced-rate (a host keeping up)",
     )
     ap.add_argument("--paced-rate", type=float, default=2000.0)
+    many_parser_options(ap)
     return ap
 
 

@@ -233,10 +233,11 @@ class Controller:
         return out
 
     async def cmd_heartbeat_gaps(
-        self, since: float, until: float, interval_s: float
+        self, since: float, until: float, interval_s: float, raw: bool = False
     ) -> dict[str, Any]:
         """Heartbeat lateness per connection: each gap between two consecutive heartbeats that
-        arrived in [since, until], minus ``interval_s``. Percentiles over all gaps."""
+        arrived in [since, until], minus ``interval_s``. Percentiles over all gaps; ``raw``
+        adds every gap (``late``), so that several fakes' answers can be merged."""
         late: list[float] = []
         beats = 0
         per_conn_min = []
@@ -257,6 +258,7 @@ class Controller:
             return late[min(len(late) - 1, int(p / 100 * len(late)))]
 
         return {
+            **({"late": late} if raw else {}),
             "gaps": len(late),
             "beats": beats,
             "p50_s": pct(50),

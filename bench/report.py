@@ -12,6 +12,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import scale as scale_item
 from common import summary
 
 #: Timer tolerance when judging "≤ 1.5 intervals": asyncio fires call_later timers about a
@@ -406,6 +407,7 @@ def table(r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                     "—",
                     "—",
                 )
+    rows.extend(scale_rows(r))
     return rows, judged
 
 
@@ -454,7 +456,7 @@ def render(r: dict[str, Any]) -> str:
         "own process.\n"
     )
     w(
-        "Reproduce with:\n\n    make bench          # full run, rewrites this file (about 11–13 min)\n"
+        "Reproduce with:\n\n    make bench          # full run, rewrites this file (about 28–30 min, 17 of them item 10)\n"
         "    .venv/bin/python bench/run.py --quick   # smoke run of the harness (< 2 min), docs untouched\n"
     )
     w(
@@ -480,6 +482,8 @@ def render(r: dict[str, Any]) -> str:
     w("")
     w(gaps(r, judged))
     w(method(r))
+    if r.get("scale"):
+        w(scale_method(r))
     w(caveats(r))
     mach = r.get("machine")
     if mach and "markdown" in mach:
@@ -493,6 +497,8 @@ def render(r: dict[str, Any]) -> str:
     if shards:
         w("## Item 9: shards under the identify limit (bench/shards.py)\n")
         w((shards.get("markdown") or f"not measured: {shards.get('error')}") + "\n")
+    if r.get("scale"):
+        w(scale_section(r))
     prof = r.get("profile", {})
     if prof.get("throughput_profile"):
         w("## Profile of the qqconn client during a burst (py-spy, this run)\n")
@@ -649,6 +655,10 @@ def gaps(r: dict[str, Any], judged: dict[str, Any]) -> str:
             "detector hair-trigger; and in a host that starts many managers, `gc.freeze()` once "
             "they are up.\n"
         )
+    scale_paragraphs = scale_missed(r)
+    if scale_paragraphs:
+        missed = True
+        out.extend(scale_paragraphs)
     if not missed:
         out.append("Every target with a measurement was met in this run.\n")
     return "\n".join(out) + "\n"
@@ -784,6 +794,257 @@ _CAVEATS = """
   lateness is measured against its own 30 s cadence.
 * **The fake in one process** served every side; its CPU is in the raw results (and in the table
   for item 5), well below a core in every item, so it was not the bottleneck with the coarse tick.
+"""
+
+
+# -- item 10: many connections at scale (bench/scale.py) -------------------------------------
+
+
+def _scale_num(x: Any, digits: int = 3) -> str:
+    return _num(x, digits) if isinstance(x, int | float) else "—"
+
+
+def scale_rows(r: dict[str, Any]) -> list[str]:
+    """Item 10's target rows for the Results table (per-count figures: its own section)."""
+    sc = r.get("scale")
+    if not sc:
+        return []
+    rows = []
+    for v in scale_item.verdicts(sc):
+        rows.append(
+            f"| 10 | {v['figure'][0].upper() + v['figure'][1:]} | {_scale_num(v['qqconn'])} | "
+            f"{_scale_num(v['bare'])} | — | {v['target']} | {verdict(v['ok'], v['detail'])} |"
+        )
+    return rows
+
+
+def _late(res: dict[str, Any]) -> str:
+    return f"{_scale_num(res.get('lateness_p50_ms'), 2)} / {_scale_num(res.get('lateness_p99_ms'))}"
+
+
+def scale_section(r: dict[str, Any]) -> str:
+    """``## Item 10``: one row per count and side, then the burst and the gc.freeze() window."""
+    sc = r.get("scale")
+    if not sc:
+        return ""
+    out = ["## Item 10: many connections at scale (bench/scale.py)\n"]
+    out.append(
+        f"One run per count and side (planned {sc.get('planned_s', 0) / 60:.1f} min from the "
+        f"configured ramp rate, took {sc.get('duration_s', 0) / 60:.1f} min: a client that starts "
+        "connections more slowly than the rate, or a loaded machine, takes longer). Memory per connection at the smallest count is "
+        "dominated by fixed costs (the process's first-use caches, pools, the shared HTTP client and "
+        "token source, allocator arenas) spread over few connections: it is shown, but the "
+        '"flat" target compares the two largest counts.\n'
+    )
+    out.append(
+        "| run | side | KiB / connection | ramp to all ALIVE/READY, s | lateness p50 / p99, ms | "
+        "longest collector pause, ms (collections / gen-2) | CPU steady, % core | false detections (ramp / window) "
+        "| sockets accepted | fakes: busiest % core, window / ramp (fakes) | machine busy % |"
+    )
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    notes: list[str] = []
+    for key, sides in sc.get("runs", {}).items():
+        n = int(key.split("-", 1)[1])
+        hb = next((p["hb_ms"] for p in sc.get("plan", []) if p["key"] == key), None)
+        label = f"{n:,} at {hb / 1000:g} s" if hb else key
+        for side in scale_item.SIDES:
+            res = sides.get(side)
+            if not res:
+                continue
+            if "error" in res:
+                out.append(f"| {label} | {side} | error: {res['error']} |" + " |" * 9)
+                continue
+            fw, fr = res.get("fake_cpu_window", {}), res.get("fake_cpu_ramp", {})
+            out.append(
+                f"| {label} | {side} | {_scale_num(res.get('rss_per_conn_kb'))} | "
+                f"{_scale_num(res.get('ramp_s'))} | {_late(res)} | "
+                f"{_scale_num(res.get('gc_max_pause_ms'))} ({res.get('gc_collections', 0)} / "
+                f"{res.get('gc_gen2_collections', 0)}) | "
+                f"{_scale_num(res.get('cpu_pct_of_core'))} | "
+                f"{res.get('false_detections_ramp', '—')} / {res.get('false_detections_in_window', '—')} | "
+                f"{res.get('sockets_total', '—')} (1 warm-up + {n:,}) | "
+                f"{_scale_num(fw.get('busiest_pct_of_core'))} / {_scale_num(fr.get('busiest_pct_of_core'))} "
+                f"({res.get('fakes', 1)}) | {_scale_num(res.get('machine_busy_pct'))} |"
+            )
+            b = res.get("burst")
+            if b and "error" in b:
+                notes.append(
+                    f"* Burst beside {n:,} idle connections, {side}: failed ({b['error']})."
+                )
+            elif b:
+                notes.append(
+                    f"* Burst beside {n:,} idle connections, {side}: {b['events_per_s']:,.0f} events/s, "
+                    f"{b['client_cpu_us_per_event']:.1f} µs of client CPU per event "
+                    f"({b['delivered']:,} of {b['events']:,} delivered)."
+                )
+            f = res.get("frozen")
+            if f:
+                notes.append(
+                    f"* `gc.freeze()` after the ramp, {n:,} connections, {side}, same process, a second "
+                    f"window of {f['window_s']:.0f} s: longest collector pause "
+                    f"{f['gc_max_pause_ms']:.1f} ms ({f['gc_gen2_collections']} gen-2; unfrozen window: "
+                    f"{res.get('gc_max_pause_ms', 0):.1f} ms, {res.get('gc_gen2_collections', 0)} gen-2), "
+                    f"lateness p50 / p99 {_scale_num(f.get('lateness_p50_ms'), 2)} / "
+                    f"{_scale_num(f.get('lateness_p99_ms'))} ms, CPU {f['cpu_pct_of_core']:.1f} % of a core, "
+                    f"{f['frozen_objects']:,} objects frozen."
+                )
+    out.append("")
+    if notes:
+        out.extend(notes)
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def scale_missed(r: dict[str, Any]) -> list[str]:
+    """``Missed targets`` paragraphs for item 10, from this run's numbers."""
+    sc = r.get("scale")
+    if not sc:
+        return []
+    parts_table = bool(r.get("profile", {}).get("mem_parts", {}).get("parts"))
+    runs = sc.get("runs", {})
+    out = []
+    for v in scale_item.verdicts(sc):
+        if v["ok"] is not False:
+            continue
+        key = v["key"]
+        if key.startswith("memory-"):
+            n = int(key.split("-", 1)[1])
+            out.append(
+                f"**10. Memory per connection at {n:,} ({v['detail']}).** qqconn "
+                f"{v['qqconn']:.1f} KiB against bare {v['bare']:.1f} KiB per connection (resident "
+                "memory grown over the ramp / n). A bare connection is a websockets connection, a "
+                "dict of state and two small tasks; a qqconn connection adds its manager: the "
+                "machine's model (state, counters, records), its lanes, timers and tasks. Where "
+                'the difference goes, part by part: the "Memory of a manager\'s parts" table '
+                + ("below." if parts_table else "(bench/mem_parts.py, in the full run).")
+                + " Closing it: fewer objects per connection, largest part first.\n"
+            )
+        elif key == "flat":
+            out.append(
+                f"**10. Memory per connection not flat ({v['detail']}; bare {_scale_num(v['bare'])}).** "
+                "qqconn's KiB per connection grew with the count: something per connection grows "
+                "with the number of connections (a list scanned or kept per connection, a "
+                "registry that is never emptied), or the allocator holds more per object at "
+                "scale. bare's ratio in the same run is the allocator's share.\n"
+            )
+        elif key == "lateness":
+            run = next((x for k, x in runs.items() if k.startswith("stress-")), {})
+            q, b = run.get("qqconn") or {}, run.get("bare") or {}
+            out.append(
+                f"**10. Heartbeat lateness p99 at the stress interval ({v['detail']}).** qqconn "
+                f"{_scale_num(v['qqconn'])} ms against bare {_scale_num(v['bare'])} ms; in the same "
+                f"window qqconn's longest collector pause was {_scale_num(q.get('gc_max_pause_ms'))} ms "
+                f"({q.get('gc_gen2_collections', 0)} gen-2) and it used "
+                f"{_scale_num(q.get('cpu_pct_of_core'))} % of a core against bare's "
+                f"{_scale_num(b.get('cpu_pct_of_core'))} %. A beat is late by whatever holds the loop "
+                "when its timer is due: a collection, or other connections' work. Closing it: "
+                "`gc.freeze()` after start-up (see the frozen window in the item-10 section), and "
+                "less work per heartbeat.\n"
+            )
+        elif key == "false":
+            reasons = sorted(
+                {
+                    reason
+                    for x in runs.values()
+                    for reason in (x.get("qqconn") or {}).get("false_detection_reasons", [])
+                }
+            )
+            server = [x for x in reasons if "4009" in x]
+            why = (
+                " A 4009 close is the fake's own watchdog, as the real gateway's (docs/protocol.md "
+                "§7): no heartbeat from that socket for 1.5 intervals, counted from the socket's "
+                "opening for the first one. qqconn's beats came that late: its event loop lagged "
+                "(a start-up burst of handshakes, a collection, or the machine's other load), "
+                "which docs/behaviour.md rule 21 cannot excuse on the server's side."
+                if server
+                else ""
+            )
+            own = [x for x in reasons if "4009" not in x]
+            why += (
+                " The other endings are qqconn's own detectors: rule 21 excuses an ACK late "
+                "because the loop stalled, once per heartbeat, so these stalls outlasted the "
+                "re-armed deadline."
+                if own
+                else ""
+            )
+            out.append(
+                f"**10. False detections ({v['detail']}).** Connections left ALIVE although every "
+                f"fake was healthy; their endings: {', '.join(reasons) or 'not recorded'}.{why} "
+                "The per-count table says whether they came in the ramp or the steady window; "
+                "closing it: less work per connection start and per heartbeat on the loop, and "
+                "`gc.freeze()` after start-up.\n"
+            )
+        elif key == "gc":
+            counts = scale_item.real_counts(sc)
+            q = (runs.get(f"real-{counts[-1]}") or {}).get("qqconn") or {}
+            frozen = q.get("frozen")
+            after = (
+                f" After `gc.freeze()` the same process's longest pause in a window as long was "
+                f"{frozen['gc_max_pause_ms']:.1f} ms."
+                if frozen
+                else ""
+            )
+            out.append(
+                f"**10. Longest collector pause at {counts[-1]:,} ({v['detail']}).** qqconn's "
+                f"process did {q.get('gc_gen2_collections', 0)} full (gen-2) collection(s) in the "
+                "steady window; a full collection walks every object the collector tracks, and "
+                "every connection's objects are among them." + after + " Closing it: "
+                '`gc.freeze()` once the managers are up (README, "Many connections in one '
+                'process"), and fewer tracked objects per connection.\n'
+            )
+        elif key == "throughput":
+            run = next((x for x in runs.values() if scale_item._burst_of(x)), {})
+            qb = (run.get("qqconn") or {}).get("burst", {})
+            bb = (run.get("bare") or {}).get("burst", {})
+            out.append(
+                f"**10. Burst throughput beside idle connections ({v['detail']}).** Client CPU per "
+                f"event: qqconn {_scale_num(qb.get('client_cpu_us_per_event'))} µs, bare "
+                f"{_scale_num(bb.get('client_cpu_us_per_event'))} µs. Compare item 1 (the same "
+                "burst with no idle connection): if the ratio is the same there, the cost is per "
+                "event (item 1's paragraph and profile); if it is worse here, the idle "
+                "connections' timers and collections take the loop from the burst.\n"
+            )
+    return out
+
+
+def scale_method(r: dict[str, Any]) -> str:
+    sc = r.get("scale")
+    if not sc:
+        return ""
+    c = sc["config"]
+    counts = ", ".join(f"{n:,}" for n in c["counts"])
+    return f"""**10. Many connections at scale** (`bench/scale.py`). {counts} connections at the
+real Hello interval ({c["real_hb_ms"] / 1000:g} s) and {c["stress_count"]:,} at the stress interval
+({c["stress_hb_ms"] / 1000:g} s), each count in one client process, qqconn and bare one after the
+other in the same run (the order alternates from one count to the next), one run each. Item 5's
+`many` scenario with options: one warm-up connection, then the count started at
+{c["ramp_per_s"]:g}/s ({c["stress_ramp_per_s"]:g}/s at the stress interval) but never more than
+{c.get("max_pending", 0):,} in their first attempt (started, neither ALIVE/READY nor ended) at a time
+(a closed loop: a client slower than the rate
+is timed at its own pace instead of piling up handshakes that time out and retry), every
+connection with its own session. The fakes are several `bench/gateway_proc.py` processes, one per
+{c["per_fake"]:,} connections, each on its own loopback port; connection *i* goes to fake *i* mod *k*
+(qqconn's managers then share one HTTP client and token source per fake, as managers of one app
+do), and their statistics and heartbeat gaps are merged (`common.merge_gaps`: percentiles over all
+gaps together). Each fake's watchdog ticks every {c["real_tick_s"]:g} s ({c["stress_tick_s"]:g} s at
+the stress interval); their CPU is reported per window and per ramp, the busiest fake's in the
+table, so it can be checked that none was saturated. Every process raises its `RLIMIT_NOFILE` soft
+limit to the hard one. At the real interval the window starts {c["settle_intervals"]:g} interval
+after all are ALIVE/READY and lasts {c["window_intervals"]:g} intervals, so every connection
+contributes at least one gap (its fewest beats in the window are in the raw results); at the stress
+interval, as item 5 ({c["stress_settle_s"]:g} s, then {c["stress_window_s"]:g} s). Memory, lateness, CPU
+and collector pauses as item 5. False detections: qqconn connections that left ALIVE up to the end
+of the last measurement (ramp, window, burst), although the fakes were healthy; bare: connections
+closed. The {c["burst_count"]:,}-connection run then sends item 1's {c["burst"]:,}-frame burst (after a
+5,000-frame warm-up) on the warm-up connection while the others stay connected. The qqconn
+{c["freeze_count"]:,}-connection run then calls `gc.collect()` and `gc.freeze()` and measures a second
+window as long as the first in the same process: the effect of the README's advice, measured.
+Targets: memory per connection ≤ {scale_item.MEMORY_RATIO:g}× bare at every count but the smallest;
+"flat" = qqconn's KiB per connection at the largest count ≤ {scale_item.FLAT_RATIO:g}× that at the second
+largest (the smallest is shown but not judged: fixed costs dominate it); lateness p99 at the stress
+interval ≤ {scale_item.LATENESS_RATIO:g}× bare; no false detection in any run; longest collector pause in the
+steady window at the largest count ≤ {scale_item.GC_PAUSE_MS:g} ms; burst throughput ≥
+{scale_item.THROUGHPUT_RATIO:g}× bare.
 """
 
 

@@ -2,7 +2,8 @@
 
 Usage: ``python bench/run.py [--quick] [--no-botpy] [--no-profile] [--only ITEMS]``
 
-* full run (``make bench``): about 11–13 minutes on the 2-core machine; rewrites
+* full run (``make bench``): about 28–30 minutes on the 2-core machine (item 10, many
+  connections at scale, is about 17 of them: ``bench/scale.py`` prints its plan); rewrites
   ``docs/benchmarks.md`` and saves the raw results to ``bench/results/``;
 * ``--quick``: a smoke run of the harness (small sizes, one repeat, short windows) in under
   2 minutes; it writes ``bench/results/quick-*.json`` and leaves the docs alone unless
@@ -467,6 +468,14 @@ def item_shards(cfg: Config) -> dict[str, Any]:
     return result
 
 
+def item_scale(cfg: Config) -> dict[str, Any]:
+    """Item 10: 100, 1,000 and 10,000 connections (and 1,000 at 1 s), qqconn beside bare,
+    against several fakes (bench/scale.py)."""
+    import scale
+
+    return scale.item_scale(scale.QUICK if cfg is QUICK else scale.FULL, PY)
+
+
 def item_profile(cfg: Config, stamp: str) -> dict[str, Any]:
     """py-spy on one qqconn burst, and the memory of a manager's parts."""
     eprint("[profile] py-spy on a qqconn burst; memory per part")
@@ -500,8 +509,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--only",
-        default="1,2,3,4,5,6,7,8,9",
-        help="comma list of items (7 = peers' long windows, 8 = webhook transport, 9 = shards)",
+        default="1,2,3,4,5,6,7,8,9,10",
+        help="comma list of items (7 = peers' long windows, 8 = webhook transport, 9 = shards, "
+        "10 = many connections at scale)",
     )
     a = ap.parse_args()
     cfg = QUICK if a.quick else FULL
@@ -539,6 +549,8 @@ def main() -> None:
         results["webhook"] = item_webhook(cfg)
     if "9" in only:
         results["shards"] = item_shards(cfg)
+    if "10" in only:
+        results["scale"] = item_scale(cfg)
     if not a.no_profile and not a.quick:
         results["profile"] = item_profile(cfg, stamp)
     results["loadavg_end"] = loadavg()

@@ -28,20 +28,23 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     Control,
+    Fakes,
     GcPauses,
     LoopCounts,
     client_parser,
     cpu_s,
     emit,
+    fakes_cpu,
     heartbeat_window,
     paced_phase,
     raise_nofile,
+    ramp,
     rss_kb,
     until,
     window_figures,
@@ -88,6 +91,9 @@ class BareClient:
         self.acks = 0
         self.ready = asyncio.Event()
         self.closed_at: float | None = None
+        self.session_id: str | None = None
+        #: Called once: at READY, or when the socket closes before it.
+        self.on_settled: Callable[[], None] | None = None
 
     async def run(self) -> None:
         hb: asyncio.Task[None] | None = None
@@ -106,7 +112,10 @@ class BareClient:
                                 continue
                             self.last_seq = s
                         if msg.get("t") == "READY":
+                            self.session_id = msg["d"].get("session_id")
                             self.ready.set()
+                            if self.on_settled is not None:
+                                self.on_settled()
                         if self.on_dispatch is not None:
                             self.on_dispatch(msg)
                     elif op == 11:
@@ -115,10 +124,12 @@ class BareClient:
                         await ws.send(self.identify)
                         interval = msg["d"]["heartbeat_interval"] / 1000
                         hb = asyncio.create_task(self._beat(ws, interval))
-        except ConnectionClosed:
-            pass
+        except (ConnectionClosed, InvalidHandshake, InvalidMessage, OSError):
+            pass  # a handshake refused or cut counts as a closed connection, as a close does
         finally:
             self.closed_at = time.monotonic()
+            if not self.ready.is_set() and self.on_settled is not None:
+                self.on_settled()
             if hb is not None:
                 hb.cancel()
 
@@ -278,14 +289,25 @@ async def seedloop(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
 
 
 async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    """Item 5 (one fake), and item 10 with its options (several fakes, ``--settle``,
+    ``--burst`` on connection 0 beside the idle others); ``--freeze-window`` is qqconn's."""
     raise_nofile()
     interval = a.hb_ms / 1000
-    token = await token_of(ctl)
+    fakes = await Fakes.connect(a, ctl)
+    tokens = [await token_of(c) for c in fakes.controls]
     clients: list[BareClient] = []
     tasks: list[asyncio.Task[None]] = []
+    sink = Sink()
+    settled = [0]  # connections that got READY or closed (the ramp's bound counts the others)
+
+    def count_settled() -> None:
+        settled[0] += 1
 
     def add() -> None:
-        c = BareClient(a.ws_url, token, lambda d: None)
+        fake, _ = fakes.of(len(clients))
+        token = tokens[len(clients) % len(tokens)]
+        c = BareClient(fake["ws_url"], token, sink if not clients else lambda d: None)
+        c.on_settled = count_settled
         clients.append(c)
         tasks.append(asyncio.create_task(c.run()))
 
@@ -293,24 +315,27 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     await asyncio.wait_for(clients[0].ready.wait(), 30)
     gc.collect()
     rss0 = rss_kb()
-    t_ramp = time.monotonic()
-    for i in range(a.n):
-        add()
-        delay = t_ramp + (i + 1) / a.ramp_per_s - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif i % 20 == 19:
-            await asyncio.sleep(0)
-    await until(lambda: all(c.ready.is_set() for c in clients), 300, step=0.1, what="all READY")
+    t_ramp, fr0 = time.monotonic(), await fakes.stats()
+    await ramp(a.n, a.ramp_per_s, add, lambda: len(clients) - settled[0], a.max_pending)
+    await until(
+        lambda: all(c.ready.is_set() for c in clients), 300 + a.n / 50, step=0.1, what="all READY"
+    )
     ramp_s = time.monotonic() - t_ramp
-    await asyncio.sleep(2 * interval)
+    fr1 = await fakes.stats()
+    await asyncio.sleep(2 * interval if a.settle is None else a.settle)
     pauses = GcPauses()
-    t0, c0, f0 = time.monotonic(), cpu_s(), await ctl.call("stats")
+    t0, c0, f0 = time.monotonic(), cpu_s(), await fakes.stats()
     await asyncio.sleep(a.window)
-    t1, c1, f1 = time.monotonic(), cpu_s(), await ctl.call("stats")
+    t1, c1, f1 = time.monotonic(), cpu_s(), await fakes.stats()
     gc.collect()
     rss1 = rss_kb()
-    gaps = await ctl.call("heartbeat_gaps", since=t0, until=t1, interval_s=interval)
+    gaps = await fakes.gaps(since=t0, until=t1, interval_s=interval)
+    extra: dict[str, Any] = {}
+    if a.burst > 0:
+        try:
+            extra["burst"] = await _burst(a, ctl, clients[0], sink)
+        except (RuntimeError, TimeoutError) as exc:  # reported, and the run's figures kept
+            extra["burst"] = {"events": a.burst, "error": f"{type(exc).__name__}: {exc}"}
     result = {
         **window_figures(
             side="bare",
@@ -325,12 +350,44 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
             pauses=pauses,
         ),
         "false_detections": sum(1 for c in clients if c.closed_at is not None),
-        "sockets_total": (await ctl.call("stats"))["connections"],
+        "false_detections_ramp": sum(1 for c in clients if c.closed_at and c.closed_at < t0),
+        "false_detections_in_window": sum(
+            1 for c in clients if c.closed_at and t0 <= c.closed_at <= t1
+        ),
+        "sockets_total": (await fakes.stats())["connections"],
+        "fakes": len(fakes.controls),
+        "fake_cpu_window": fakes_cpu(f0, f1),
+        "fake_cpu_ramp": fakes_cpu(fr0, fr1),
+        "fewest_beats": gaps["fewest_beats"],
+        **extra,
     }
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await fakes.close()
     return result
+
+
+async def _burst(
+    a: argparse.Namespace, ctl: Control, client: BareClient, sink: Sink
+) -> dict[str, Any]:
+    """Item 1's burst on connection 0 (on the first fake) while the others stay connected."""
+    sid = client.session_id
+    sink.reset(a.warmup)
+    await ctl.call("burst", n=a.warmup, session_id=sid)
+    await asyncio.wait_for(sink.done.wait(), 60)
+    gc.collect()
+    sink.reset(a.burst)
+    cpu0 = cpu_s()
+    await ctl.call("burst", n=a.burst, session_id=sid)
+    await asyncio.wait_for(sink.done.wait(), 300)
+    cpu1 = cpu_s()
+    return {
+        "events": a.burst,
+        "delivered": sink.count,
+        "events_per_s": (a.burst - 1) / (sink.t_last - sink.t_first),
+        "client_cpu_us_per_event": (cpu1 - cpu0) / a.burst * 1e6,
+    }
 
 
 async def amain() -> None:

@@ -24,15 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     Control,
+    Fakes,
     GcPauses,
     LoopCounts,
     analyse_recovery,
     client_parser,
     cpu_s,
     emit,
+    fakes_cpu,
     heartbeat_window,
     paced_phase,
     raise_nofile,
+    ramp,
     rss_kb,
     until,
     window_figures,
@@ -304,20 +307,37 @@ async def seedloop(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
 
 
 async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
+    """Item 5 (one fake), and item 10 with its options (several fakes, ``--settle``,
+    ``--freeze-window``, ``--burst`` on connection 0 beside the idle others)."""
     raise_nofile()
     interval = a.hb_ms / 1000
+    fakes = await Fakes.connect(a, ctl)
     changes: list[list[tuple[float, State, State, str]]] = []
     mgrs: list[ConnectionManager] = []
     tasks: list[asyncio.Task[None]] = []
+    sink = Sink()
+    # Connections whose first attempt is over (ALIVE, or ended): the ramp's bound counts the
+    # others. One that ended and backs off no longer holds the ramp back.
+    settled = [0]
+    first_over = (State.ALIVE, State.BACKOFF, State.QUICK_DROPPED, State.FATAL, State.STOPPED)
+
+    def record(log: list[tuple[float, State, State, str]], c: Any) -> None:
+        if c.state in first_over and not any(x[1] in first_over for x in log):
+            settled[0] += 1
+        log.append((time.monotonic(), c.state, c.previous, c.trigger))
 
     def add() -> None:
         log: list[tuple[float, State, State, str]] = []
         changes.append(log)
-        mgr = manager(
-            a,
-            on_state_change=lambda c, log=log: log.append(
-                (time.monotonic(), c.state, c.previous, c.trigger)
-            ),
+        fake, _ = fakes.of(len(mgrs))
+        mgr = ConnectionManager(
+            app_id=fake["app_id"],
+            client_secret="s3cret",
+            intents=INTENTS,
+            api_base=fake["api_base"],
+            token_url=fake["token_url"],
+            on_dispatch=sink if not mgrs else None,
+            on_state_change=lambda c, log=log: record(log, c),
         )
         mgrs.append(mgr)
         tasks.append(asyncio.create_task(mgr.run()))
@@ -327,27 +347,54 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
     await until(lambda: mgrs[0].state is State.ALIVE, 30, what="warm-up ALIVE")
     gc.collect()
     rss0 = rss_kb()
-    t_ramp = time.monotonic()
-    for i in range(a.n):
-        add()
-        delay = t_ramp + (i + 1) / a.ramp_per_s - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif i % 20 == 19:
-            await asyncio.sleep(0)
-    await until(lambda: all(m.state is State.ALIVE for m in mgrs), 300, step=0.1, what="all ALIVE")
+    t_ramp, fr0 = time.monotonic(), await fakes.stats()
+    await ramp(a.n, a.ramp_per_s, add, lambda: len(mgrs) - settled[0], a.max_pending)
+    await until(
+        lambda: all(m.state is State.ALIVE for m in mgrs),
+        300 + a.n / 50,
+        step=0.1,
+        what="all ALIVE",
+    )
     ramp_s = time.monotonic() - t_ramp
-    await asyncio.sleep(2 * interval)  # first heartbeats of the last ones
+    fr1 = await fakes.stats()
+    # First heartbeats of the last ones (item 5: two intervals).
+    await asyncio.sleep(2 * interval if a.settle is None else a.settle)
     pauses = GcPauses()
-    t0, c0, f0 = time.monotonic(), cpu_s(), await ctl.call("stats")
+    t0, c0, f0 = time.monotonic(), cpu_s(), await fakes.stats()
     await asyncio.sleep(a.window)
-    t1, c1, f1 = time.monotonic(), cpu_s(), await ctl.call("stats")
+    t1, c1, f1 = time.monotonic(), cpu_s(), await fakes.stats()
     gc.collect()
     rss1 = rss_kb()
-    gaps = await ctl.call("heartbeat_gaps", since=t0, until=t1, interval_s=interval)
-    # A connection that left ALIVE before we stopped it is a false detection: the fake is
-    # healthy throughout. Counted during the ramp and during the window.
-    ended = [c for log in changes for c in log if c[2] is State.ALIVE and c[0] <= t1]
+    gaps = await fakes.gaps(since=t0, until=t1, interval_s=interval)
+    extra: dict[str, Any] = {}
+    t_end = t1
+    if a.freeze_window > 0:
+        # What the README recommends: gc.freeze() once the managers are up; same process,
+        # same connections, a second window as long as the first.
+        gc.freeze()
+        t2, c2 = time.monotonic(), cpu_s()
+        await asyncio.sleep(a.freeze_window)
+        t3, c3 = time.monotonic(), cpu_s()
+        fgaps = await fakes.gaps(since=t2, until=t3, interval_s=interval)
+        extra["frozen"] = {
+            **pauses.summary(t2, t3),
+            "window_s": t3 - t2,
+            "cpu_pct_of_core": 100 * (c3 - c2) / (t3 - t2),
+            "lateness_p50_ms": None if fgaps["p50_s"] is None else 1000 * fgaps["p50_s"],
+            "lateness_p99_ms": None if fgaps["p99_s"] is None else 1000 * fgaps["p99_s"],
+            "frozen_objects": gc.get_freeze_count(),
+        }
+        gc.unfreeze()
+        t_end = t3
+    if a.burst > 0:
+        try:
+            extra["burst"] = await _burst(a, ctl, mgrs[0], sink)
+        except (RuntimeError, TimeoutError) as exc:  # reported, and the run's figures kept
+            extra["burst"] = {"events": a.burst, "error": f"{type(exc).__name__}: {exc}"}
+        t_end = time.monotonic()
+    # A connection that left ALIVE before we stopped it is a false detection: the fakes are
+    # healthy throughout. Counted during the ramp, the window(s) and the burst.
+    ended = [c for log in changes for c in log if c[2] is State.ALIVE and c[0] <= t_end]
     reasons = sorted({m.machine.last_ending.reason for m in mgrs if m.machine.last_ending})
     result = {
         **window_figures(
@@ -363,14 +410,44 @@ async def many(a: argparse.Namespace, ctl: Control) -> dict[str, Any]:
             pauses=pauses,
         ),
         "false_detections": len(ended),
-        "false_detections_in_window": sum(1 for c in ended if c[0] >= t0),
+        "false_detections_ramp": sum(1 for c in ended if c[0] < t0),
+        "false_detections_in_window": sum(1 for c in ended if t0 <= c[0] <= t1),
         "false_detection_reasons": reasons[:5],
-        "sockets_total": (await ctl.call("stats"))["connections"],
+        "sockets_total": (await fakes.stats())["connections"],
+        "fakes": len(fakes.controls),
+        "fake_cpu_window": fakes_cpu(f0, f1),
+        "fake_cpu_ramp": fakes_cpu(fr0, fr1),
+        "fewest_beats": gaps["fewest_beats"],
+        **extra,
     }
     t_stop = time.monotonic()
     await stop_all(mgrs, tasks)
     result["stop_all_s"] = time.monotonic() - t_stop
+    await fakes.close()
     return result
+
+
+async def _burst(
+    a: argparse.Namespace, ctl: Control, mgr: ConnectionManager, sink: Sink
+) -> dict[str, Any]:
+    """Item 1's burst on connection 0 (on the first fake) while the others stay connected."""
+    sid = mgr.machine.session_id
+    sink.reset(a.warmup)
+    await ctl.call("burst", n=a.warmup, session_id=sid)
+    await asyncio.wait_for(sink.done.wait(), 60)
+    gc.collect()
+    sink.reset(a.burst)
+    cpu0 = cpu_s()
+    await ctl.call("burst", n=a.burst, session_id=sid)
+    await asyncio.wait_for(sink.done.wait(), 300)
+    cpu1 = cpu_s()
+    return {
+        "events": a.burst,
+        "delivered": sink.count,
+        "events_per_s": (a.burst - 1) / (sink.t_last - sink.t_first),
+        "client_cpu_us_per_event": (cpu1 - cpu0) / a.burst * 1e6,
+        "dropped": mgr.dispatches_dropped,
+    }
 
 
 async def amain() -> None:
