@@ -79,16 +79,35 @@ class _GatedStream(httpx.AsyncByteStream):
 
 class GatedTransport(httpx.AsyncBaseTransport):
     """An httpx transport that lets at most ``limit`` requests in at a time; a permit is held
-    from sending the request until its response body is closed (httpx closes it once read)."""
+    from sending the request until its response body is closed (httpx closes it once read).
+
+    A request is never cancelled inside the inner transport: it runs on a task of its own, and
+    a caller cancelled while waiting for it (an attempt's deadline, a stop) abandons it there.
+    httpcore's pool, cancelled while it hands a request a connection that is still being
+    opened, keeps that connection for ever (neither usable nor reaped): enough of them and
+    every later request of the app ends in ``PoolTimeout`` against a healthy server, which a
+    thousand managers ramping on a loaded machine reached. An abandoned request ends by the
+    client's own timeouts; its response is then closed and its permit given back.
+    """
 
     def __init__(self, inner: httpx.AsyncBaseTransport, limit: int) -> None:
         self._inner = inner
         self._gate = asyncio.Semaphore(limit)
+        #: requests whose caller left: kept referenced until they end (then closed)
+        self._abandoned: set[asyncio.Task[httpx.Response]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._gate.acquire()
+        task = asyncio.ensure_future(self._inner.handle_async_request(request))
         try:
-            response = await self._inner.handle_async_request(request)
+            response = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                self._settle(task)
+            else:
+                self._abandoned.add(task)
+                task.add_done_callback(self._settle)
+            raise
         except BaseException:
             self._gate.release()
             raise
@@ -96,8 +115,29 @@ class GatedTransport(httpx.AsyncBaseTransport):
         response.stream = _GatedStream(response.stream, self._gate.release)
         return response
 
+    def _settle(self, task: asyncio.Task[httpx.Response]) -> None:
+        """An abandoned request ended: close its response (if any), then free its permit."""
+        self._abandoned.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            self._gate.release()
+            return
+        closing = asyncio.ensure_future(_close_then(task.result(), self._gate.release))
+        self._abandoned.add(closing)  # type: ignore[arg-type]
+        closing.add_done_callback(self._abandoned.discard)  # type: ignore[arg-type]
+
     async def aclose(self) -> None:
+        for task in list(self._abandoned):
+            task.cancel()
         await self._inner.aclose()
+
+
+async def _close_then(response: httpx.Response, release: Callable[[], None]) -> None:
+    try:
+        await response.aclose()
+    except Exception:  # the connection is gone already: nothing more to free
+        pass
+    finally:
+        release()
 
 
 def _shared_client(timeout_s: float) -> httpx.AsyncClient:
