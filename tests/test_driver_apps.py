@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import httpx
 
@@ -76,3 +77,61 @@ async def test_failed_requests_give_their_permit_back() -> None:
                     raise AssertionError("a refused port answered")
             answer = await asyncio.wait_for(http.get(f"{gw.api_base}/gateway"), 10)
     assert answer.status_code > 0
+
+
+class HeldTransport(httpx.AsyncBaseTransport):
+    """Answers each request only when ``release`` is set; records any cancellation that
+    reached it (httpcore's pool, cancelled while opening a connection for a request, keeps
+    that connection for ever)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = 0
+        self.cancelled = 0
+        self.finished = 0
+        self.closed_bodies = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.entered += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        self.finished += 1
+        outer = self
+
+        class Body(httpx.AsyncByteStream):
+            async def __aiter__(self) -> Any:
+                yield b"{}"
+
+            async def aclose(self) -> None:
+                outer.closed_bodies += 1
+
+        return httpx.Response(200, stream=Body())
+
+
+async def test_a_cancelled_caller_abandons_its_request_instead_of_cancelling_it() -> None:
+    """Callers cancelled (an attempt's deadline) while their requests are inside the transport:
+    the transport never sees the cancellation; the requests end on their own, their bodies are
+    closed and their permits come back, so the next request gets through."""
+    held = HeldTransport()
+    gated = GatedTransport(held, 2)
+    async with httpx.AsyncClient(transport=gated) as http:
+        callers = [asyncio.create_task(http.get("http://127.0.0.1:9/")) for _ in range(2)]
+        for _ in range(100):  # bounded: until both are inside the transport
+            if held.entered == 2:
+                break
+            await asyncio.sleep(0)
+        assert held.entered == 2
+        for c in callers:
+            c.cancel()
+        results = await asyncio.gather(*callers, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert held.cancelled == 0  # the transport's requests were not cancelled
+        held.release.set()
+        answer = await asyncio.wait_for(http.get("http://127.0.0.1:9/"), 10)
+        assert answer.status_code == 200
+    assert held.cancelled == 0
+    assert held.finished == 3
+    assert held.closed_bodies == 3  # the two abandoned responses were closed too

@@ -36,6 +36,7 @@ import hashlib
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -94,7 +95,7 @@ class GatedTransport(httpx.AsyncBaseTransport):
         self._inner = inner
         self._gate = asyncio.Semaphore(limit)
         #: requests whose caller left: kept referenced until they end (then closed)
-        self._abandoned: set[asyncio.Task[httpx.Response]] = set()
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._gate.acquire()
@@ -122,8 +123,8 @@ class GatedTransport(httpx.AsyncBaseTransport):
             self._gate.release()
             return
         closing = asyncio.ensure_future(_close_then(task.result(), self._gate.release))
-        self._abandoned.add(closing)  # type: ignore[arg-type]
-        closing.add_done_callback(self._abandoned.discard)  # type: ignore[arg-type]
+        self._abandoned.add(closing)
+        closing.add_done_callback(self._abandoned.discard)
 
     async def aclose(self) -> None:
         for task in list(self._abandoned):
