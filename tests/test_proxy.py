@@ -167,3 +167,36 @@ async def test_reset_after_bytes_set_while_a_read_waits_still_cuts_where_asked()
         got = await _read_until_cut(reader)
         assert got == b"abc" and proxy.connections[0].ended == "reset"
         writer.close()
+
+
+async def test_a_relay_ends_when_its_client_goes_while_the_upstream_keeps_sending() -> None:
+    """The client resets its socket while the upstream floods it: the downstream sender dies on
+    its write, and the relay ends instead of waiting forever in back-pressure for a sender that
+    is gone (which kept the upstream's socket open: the soak's "sockets gone after FATAL").
+    Broken version: the back-pressure wait does not look at the sender."""
+    chunk = b"x" * 65536
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            for _ in range(2000):  # bounded: at most 128 MiB
+                writer.write(chunk)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with FaultProxy("127.0.0.1", port, max_buffered_bytes=1 << 16) as proxy:
+            reader, writer = await _open(proxy)
+            await reader.readexactly(1024)  # the flood reaches the client
+            writer.transport.abort()  # RST: the proxy's next writes to it fail
+            async with asyncio.timeout(10):
+                while not proxy.connections or proxy.connections[0].ended is None:
+                    await asyncio.sleep(0.01)
+            conn = proxy.connections[0]
+            assert conn.ended == "reset"
+            async with asyncio.timeout(10):
+                await asyncio.gather(*conn._tasks)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -224,8 +224,13 @@ class FaultProxy:
         sender = asyncio.create_task(self._send(conn, held, dst, buffered, upstream=upstream))
         try:
             while True:
-                while buffered[0] >= self.max_buffered_bytes:
+                while buffered[0] >= self.max_buffered_bytes and not sender.done():
                     await asyncio.sleep(_POLL_S)  # back-pressure: stop reading
+                if sender.done():
+                    # The sender died writing to a side that went away: nothing this side
+                    # reads can be delivered, so the direction ends (and with both, the relay).
+                    conn.ended = conn.ended or "reset"
+                    return
                 f = conn.faults()
                 if not upstream and f.half_close:
                     conn.ended = conn.ended or "half_closed"
