@@ -391,6 +391,31 @@ def fakes_cpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return {"total_pct_of_core": sum(pcts), "busiest_pct_of_core": max(pcts, default=0.0)}
 
 
+async def timed_burst(
+    ctl: Control, sink: Any, session_id: Any, warmup: int, n: int
+) -> dict[str, Any]:
+    """Item 1's burst on one session while the process's other connections stay connected:
+    a warm-up burst, a collection, then ``n`` frames timed at the ``sink`` (any object with
+    ``reset(goal)``, ``done``, ``count``, ``t_first`` and ``t_last``)."""
+    import gc
+
+    sink.reset(warmup)
+    await ctl.call("burst", n=warmup, session_id=session_id)
+    await asyncio.wait_for(sink.done.wait(), 60)
+    gc.collect()
+    sink.reset(n)
+    cpu0 = cpu_s()
+    await ctl.call("burst", n=n, session_id=session_id)
+    await asyncio.wait_for(sink.done.wait(), 300)
+    cpu1 = cpu_s()
+    return {
+        "events": n,
+        "delivered": sink.count,
+        "events_per_s": (n - 1) / (sink.t_last - sink.t_first),
+        "client_cpu_us_per_event": (cpu1 - cpu0) / n * 1e6,
+    }
+
+
 async def ramp(n: int, per_s: float, add: Any, pending: Any, max_pending: int) -> None:
     """Start ``n`` connections (``add()``) at ``per_s`` a second; with ``max_pending``, also
     never more than that many in their first attempt (``pending()``: started, neither up nor

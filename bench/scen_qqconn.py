@@ -37,6 +37,7 @@ from common import (
     raise_nofile,
     ramp,
     rss_kb,
+    timed_burst,
     until,
     window_figures,
 )
@@ -431,23 +432,9 @@ async def _burst(
     a: argparse.Namespace, ctl: Control, mgr: ConnectionManager, sink: Sink
 ) -> dict[str, Any]:
     """Item 1's burst on connection 0 (on the first fake) while the others stay connected."""
-    sid = mgr.machine.session_id
-    sink.reset(a.warmup)
-    await ctl.call("burst", n=a.warmup, session_id=sid)
-    await asyncio.wait_for(sink.done.wait(), 60)
-    gc.collect()
-    sink.reset(a.burst)
-    cpu0 = cpu_s()
-    await ctl.call("burst", n=a.burst, session_id=sid)
-    await asyncio.wait_for(sink.done.wait(), 300)
-    cpu1 = cpu_s()
-    return {
-        "events": a.burst,
-        "delivered": sink.count,
-        "events_per_s": (a.burst - 1) / (sink.t_last - sink.t_first),
-        "client_cpu_us_per_event": (cpu1 - cpu0) / a.burst * 1e6,
-        "dropped": mgr.dispatches_dropped,
-    }
+    result = await timed_burst(ctl, sink, mgr.machine.session_id, a.warmup, a.burst)
+    result["dropped"] = mgr.dispatches_dropped
+    return result
 
 
 async def amain() -> None:

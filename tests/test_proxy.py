@@ -6,23 +6,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from qqconn.testing.proxy import FaultProxy
 
 
-@contextlib.asynccontextmanager
-async def echo_behind_proxy(**options: int) -> AsyncIterator[FaultProxy]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(4096):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(4096):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
 
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+
+@contextlib.asynccontextmanager
+async def echo_behind_proxy(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] = _echo,
+    **options: int,
+) -> AsyncIterator[FaultProxy]:
+    """A loopback server (an echo unless ``handler`` is given) and a FaultProxy in front."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         async with FaultProxy("127.0.0.1", port, **options) as proxy:
@@ -183,20 +188,14 @@ async def test_a_relay_ends_when_its_client_goes_while_the_upstream_keeps_sendin
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(flood, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with FaultProxy("127.0.0.1", port, max_buffered_bytes=1 << 16) as proxy:
-            reader, writer = await _open(proxy)
-            await reader.readexactly(1024)  # the flood reaches the client
-            writer.transport.abort()  # RST: the proxy's next writes to it fail
-            async with asyncio.timeout(10):
-                while not proxy.connections or proxy.connections[0].ended is None:
-                    await asyncio.sleep(0.01)
-            conn = proxy.connections[0]
-            assert conn.ended == "reset"
-            async with asyncio.timeout(10):
-                await asyncio.gather(*conn._tasks)
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with echo_behind_proxy(flood, max_buffered_bytes=1 << 16) as proxy:
+        reader, writer = await _open(proxy)
+        await reader.readexactly(1024)  # the flood reaches the client
+        writer.transport.abort()  # RST: the proxy's next writes to it fail
+        async with asyncio.timeout(10):
+            while not proxy.connections or proxy.connections[0].ended is None:
+                await asyncio.sleep(0.01)
+        conn = proxy.connections[0]
+        assert conn.ended == "reset"
+        async with asyncio.timeout(10):
+            await asyncio.gather(*conn._tasks)
