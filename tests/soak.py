@@ -1301,11 +1301,16 @@ class Runner:
             p.connect_timeout_s + max(p.backoff_s) * (1 + p.backoff_jitter)
         )
         timeout = max(timeout, give_up_s + 2.0)
-        await until(
-            lambda: ready() or slot.mgr.state is State.FATAL or slot.task.done(),
-            timeout,
-            f"{slot.name}: {what}",
-        )
+        try:
+            await until(
+                lambda: ready() or slot.mgr.state is State.FATAL or slot.task.done(),
+                timeout,
+                f"{slot.name}: {what}",
+            )
+        except StepTimeout as exc:
+            # Seen once in an hour's run (after oversized(1009), 85,186 faults in): neither
+            # ALIVE with one socket nor FATAL. Say where the manager and both sides stood.
+            raise StepTimeout(f"{exc}; {self._describe(slot)}") from None
         obs = slot.observer
         between = list(zip(obs.endings[obs.judged :], obs.end_marks[obs.judged :], strict=True))
         obs.judged = len(obs.endings)
@@ -1333,6 +1338,29 @@ class Runner:
             )
         await self._after_fatal(slot, f"between steps ({what})", False, True)
         await until(ready, timeout, f"{slot.name}: {what} (fresh manager)")
+
+    def _describe(self, slot: Slot) -> str:
+        """Where a slot stands, for a wait that ran out: the manager, the fake, the proxy."""
+        now = time.monotonic()
+        m = slot.mgr.machine
+        obs = slot.observer
+        fake = [
+            f"#{c.index} open {now - c.opened_at:.1f}s closed_by={c.closed_by}"
+            for c in slot.gw.live_connections
+        ]
+        relays = [
+            f"#{c.index} ended={c.ended} faults={c.overrides} up={c.up_bytes}B "
+            f"down={c.down_bytes}B stalled={c.stalled_bytes}B "
+            f"tasks_done={[t.done() for t in c._tasks]}"
+            for c in slot.proxy.connections
+            if c.ended is None or any(not t.done() for t in c._tasks)
+        ]
+        return (
+            f"state={slot.mgr.state.name} task_done={slot.task.done()} "
+            f"attempt={m.attempt} failed={m.failed_attempts} quick_drops={m.quick_drops} "
+            f"endings={[e.label() for e, _ in obs.endings[-6:]]}; "
+            f"fake {fake}; relays {relays}"
+        )
 
     def _hb_s(self, slot: Slot) -> float:
         return slot.gw.heartbeat_interval_ms / 1000
@@ -1648,19 +1676,7 @@ class Runner:
         except StepTimeout:
             # Seen once in an hour's run (2,025 FATALs): say what was still open, on both sides
             # of the proxy, so the next time names its cause.
-            now = time.monotonic()
-            fake = [
-                f"#{c.index} open {now - c.opened_at:.1f}s closed_by={c.closed_by}"
-                for c in slot.gw.live_connections
-            ]
-            relays = [
-                f"#{c.index} ended={c.ended} faults={c.overrides} up={c.up_bytes}B "
-                f"down={c.down_bytes}B stalled={c.stalled_bytes}B "
-                f"tasks_done={[t.done() for t in c._tasks]}"
-                for c in slot.proxy.connections
-                if c.ended is None or any(not t.done() for t in c._tasks)
-            ]
-            r.violation(f"{slot.name}: still open after FATAL: fake {fake}; relays {relays}")
+            r.violation(f"{slot.name}: still open after FATAL: {self._describe(slot)}")
             raise
         async with self.restart_lock:
             slot._new_manager()
