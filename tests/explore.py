@@ -61,6 +61,7 @@ from qqconn import machine as machine_module
 from qqconn.errors import LocalProtocolError
 from qqconn.events import Timer
 from qqconn.machine import TRANSITIONS, TRIGGERS, ConnectionMachine, State
+from qqconn.machine.fields import machine_fields
 from qqconn.policy import Policy
 from qqconn.testing.events import dispatch_received, ready_received
 
@@ -275,18 +276,19 @@ def new_machine(policy: Policy, engine: Any = None) -> ConnectionMachine:
 
 def _data_keys(machine: ConnectionMachine) -> tuple[str, ...]:
     skip = {"_machine", "_log", "_rng", "policy", "_out", "_queue"}
-    return tuple(k for k, v in vars(machine).items() if k not in skip and not callable(v))
+    fields = machine_fields(machine)
+    return tuple(k for k, v in fields.items() if k not in skip and not callable(v))
 
 
 def snapshot(machine: ConnectionMachine, keys: tuple[str, ...]) -> dict[str, Any]:
     """The machine's data (every attribute but the engine, the logger, the policy, the RNG)."""
-    data = vars(machine)
-    return {k: data[k] for k in keys}
+    return {k: getattr(machine, k) for k in keys}
 
 
 def restore(machine: ConnectionMachine, snap: dict[str, Any]) -> None:
     """Put the machine back into ``snap`` (its generator, :class:`Midpoint`, has no state)."""
-    machine.__dict__.update(snap)
+    for k, v in snap.items():
+        setattr(machine, k, v)
     machine._out = []
 
 
@@ -785,8 +787,7 @@ def _check_edge(
 
 
 def _changed(before: dict[str, Any], machine: ConnectionMachine, ignore: tuple[str, ...]) -> bool:
-    data = vars(machine)
-    after = {k: data[k] for k in before}
+    after = {k: getattr(machine, k) for k in before}
     after.update((k, before[k]) for k in ignore)
     return after != before
 

@@ -140,6 +140,7 @@ from qqconn import ConnectionManager, FatalError, Policy, State
 from qqconn import commands as cmd
 from qqconn import events as ev
 from qqconn.events import Timer
+from qqconn.machine import ConnectionMachine
 from qqconn.protocol import Dispatch
 from qqconn.testing import FakeGateway
 from qqconn.testing.proxy import FaultProxy, ProxyConnection
@@ -307,6 +308,17 @@ class _Conn:
     phase: str = "connecting"
 
 
+class _Observed:
+    """A machine whose :meth:`handle` is wrapped; every other attribute is the machine's."""
+
+    def __init__(self, machine: ConnectionMachine, handle: Callable[[ev.Event], Any]) -> None:
+        self._machine = machine
+        self.handle = handle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._machine, name)
+
+
 class Observer:
     """Wraps one manager's ``machine.handle``: feeds :class:`CounterModel` the same events,
     compares after each, records endings for the step, and runs one-shot fault releases."""
@@ -357,8 +369,8 @@ class Observer:
         self.model = CounterModel(self.policy)
         self.conn = _Conn()
         self.last_end = None
-        machine = mgr.machine
-        real = machine.handle
+        feeder = mgr._feeder
+        real = feeder.machine.handle
 
         def handle(event: ev.Event) -> list[cmd.Command]:
             if type(event) is ev.DispatchReceived:
@@ -370,7 +382,9 @@ class Observer:
                 self.report.violation(f"{self.slot.name}: observer crashed: {exc!r}")
             return out
 
-        machine.handle = handle  # type: ignore[method-assign]
+        # The machine has slots, no __dict__ to patch: the manager's feeder gets a stand-in
+        # whose handle() observes, and which reads everything else from the machine.
+        feeder.machine = _Observed(feeder.machine, handle)  # type: ignore[assignment]
 
     # -- the comparison -----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from qqconn import commands as cmd
 from qqconn import events as ev
 from qqconn.events import Timer
 from qqconn.machine import ConnectionMachine, State, shared_engine
+from qqconn.machine.fields import machine_fields
 from qqconn.policy import Policy
 
 
@@ -115,3 +116,27 @@ def test_machines_on_threads_do_not_interleave() -> None:
         th.join(timeout=60)
     assert alone[0] is State.FATAL
     assert results == [alone] * 8
+
+
+def test_a_machine_has_slots_and_its_fields_are_all_of_its_state() -> None:
+    """No per-machine __dict__ (fifty fields overflow CPython's shared-key dicts: issue 10's
+    per-connection cost), and :func:`machine_fields` is the whole state: a fresh machine given
+    a running one's fields answers the next events exactly as the running one does."""
+    running = ConnectionMachine(rng=random.Random(3), logger=_Quiet())
+    assert not hasattr(running, "__dict__")
+    running.handle(ev.Started(0.0))
+    running.handle(ev.IdentifyPermitted(0.0))
+    running.handle(ev.SocketOpened(1, 0.1))
+    running.handle(ev.HelloReceived(1, 0.2, interval_ms=41250))
+    fields = machine_fields(running)
+    assert {"state", "attempt", "quick_drops", "_session_id", "opened_at"} <= fields.keys()
+    copy = ConnectionMachine(rng=random.Random(3), logger=_Quiet())
+    for name, value in fields.items():
+        if name not in ("_out", "_queue", "_rng"):  # its own generator, seeded alike
+            setattr(copy, name, value)
+    assert copy.state is running.state is State.IDENTIFIED
+    event = ev.SocketClosed(1, 1.0, code=4009, reason="", sent_code=None)
+    assert copy.handle(event) == running.handle(event) != []
+    assert copy.state is running.state
+    assert machine_fields(copy).keys() == fields.keys()
+

@@ -26,6 +26,8 @@ from qqconn.machine.table import State
 class Actions(MachineFields):
     """What the rows do while a connection is starting, up, or waiting."""
 
+    __slots__ = ()
+
     # -- actions: identify permits (rule 17) ---------------------------------------------------
 
     def ask_permit(self, _: Any) -> None:

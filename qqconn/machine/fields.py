@@ -57,6 +57,61 @@ def _check_restored(restored: object) -> Resumable | None:
 class MachineFields:
     """The fields of one connection's machine, set as the constructor leaves them."""
 
+    # Slots, not a __dict__: a machine has some fifty fields, past the 30 keys CPython's
+    # shared-key instance dicts hold, so each machine paid for a dict of its own (issue 10,
+    # the per-connection cost). :func:`machine_fields` lists them for code that copies a machine.
+    __slots__ = (
+        "__weakref__",  # 8 bytes: a host (or a test) may hold a machine weakly
+        "_checkpoint_at",
+        "_checkpoint_interval_s",
+        "_counted",
+        "_handled_seq",
+        "_handled_session",
+        "_last_seq",
+        "_log",
+        "_machine",
+        "_out",
+        "_oversized_at",
+        "_progress_at",
+        "_progress_interval_s",
+        "_queue",
+        "_rng",
+        "_session_id",
+        "_skip_pending",
+        "_skipped_at",
+        "acks",
+        "attempt",
+        "attempt_open",
+        "auth_failures",
+        "awaiting_ack",
+        "beat_sent_at",
+        "connect_stage",
+        "connect_url",
+        "failed_attempts",
+        "fatal",
+        "heartbeat_interval_s",
+        "identify_refusals",
+        "identify_wait",
+        "last_ack_latency_s",
+        "last_ending",
+        "last_frame_at",
+        "next_delay_s",
+        "now",
+        "opened_at",
+        "permit_deferrals",
+        "policy",
+        "quick_drops",
+        "reached_session",
+        "refresh_token",
+        "resume_failures",
+        "send_failures",
+        "sent_resume",
+        "sessions_given_up",
+        "skipped_seqs",
+        "stall_excused",
+        "state",
+    )
+
     # Set by the engine (transitions) on the model.
     state: State
     #: The engine this machine's rows run on: the process's shared one unless a test gave one.
@@ -135,3 +190,13 @@ class MachineFields:
         assert self.opened_at is not None
         lived = self.now - self.opened_at
         return lived + QUICK_GRACE_S < self.policy.quick_disconnect_threshold_s
+
+
+def machine_fields(machine: MachineFields) -> dict[str, Any]:
+    """Every field a machine has set, by name (its slots, from every class that declares some)."""
+    out: dict[str, Any] = {}
+    for klass in type(machine).__mro__:
+        for name in klass.__dict__.get("__slots__", ()):
+            if not name.startswith("__") and hasattr(machine, name):
+                out[name] = getattr(machine, name)
+    return out

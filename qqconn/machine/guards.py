@@ -28,6 +28,8 @@ from qqconn.machine.fields import MachineFields
 class Guards(MachineFields):
     """The questions of the table's rows, and the observations run before them."""
 
+    __slots__ = ()
+
     # -- guards ----------------------------------------------------------------------------
 
     def not_started(self, _: Any) -> bool:

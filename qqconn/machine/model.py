@@ -35,6 +35,8 @@ class ConnectionMachine(Guards, Actions, Outcomes):
     not told by the server.
     """
 
+    __slots__ = ()
+
     def __init__(
         self,
         policy: Policy | None = None,

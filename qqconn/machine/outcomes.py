@@ -19,6 +19,8 @@ from qqconn.machine.fields import Fatal, MachineFields
 class Outcomes(MachineFields):
     """What the rows do when a connection ends, and when the machine stops or gives up."""
 
+    __slots__ = ()
+
     # -- actions: a connection is over ------------------------------------------------------
 
     def _close_current(self, code: int, reason: str) -> None:
