@@ -800,6 +800,12 @@ _CAVEATS = """
 # -- item 10: many connections at scale (bench/scale.py) -------------------------------------
 
 
+def _retried(res: dict[str, Any]) -> str:
+    """The bare side's ramp retries (sockets that ended before READY), when there were any."""
+    n = res.get("connects_retried")
+    return f" + {n:,} retried before READY" if n else ""
+
+
 def _scale_num(x: Any, digits: int = 3) -> str:
     return _num(x, digits) if isinstance(x, int | float) else "—"
 
@@ -862,7 +868,8 @@ def scale_section(r: dict[str, Any]) -> str:
                 f"{res.get('gc_gen2_collections', 0)}) | "
                 f"{_scale_num(res.get('cpu_pct_of_core'))} | "
                 f"{res.get('false_detections_ramp', '—')} / {res.get('false_detections_in_window', '—')} | "
-                f"{res.get('sockets_total', '—')} (1 warm-up + {n:,}) | "
+                f"{res.get('sockets_total', '—')} (1 warm-up + {n:,}"
+                f"{_retried(res)}) | "
                 f"{_scale_num(fw.get('busiest_pct_of_core'))} / {_scale_num(fr.get('busiest_pct_of_core'))} "
                 f"({res.get('fakes', 1)}) | {_scale_num(res.get('machine_busy_pct'))} |"
             )

@@ -215,6 +215,7 @@ def brief(res: dict[str, Any]) -> str:
         f"cpu={res.get('cpu_pct_of_core', 0):.1f}%",
         f"false={res.get('false_detections')}",
         f"sockets={res.get('sockets_total')}",
+        f"retried={res.get('connects_retried', 0)}",
         f"fakes_busiest={res.get('fake_cpu_window', {}).get('busiest_pct_of_core', 0):.1f}%",
     ]
     if "burst" in res:
