@@ -139,4 +139,3 @@ def test_a_machine_has_slots_and_its_fields_are_all_of_its_state() -> None:
     assert copy.handle(event) == running.handle(event) != []
     assert copy.state is running.state
     assert machine_fields(copy).keys() == fields.keys()
-
