@@ -315,7 +315,7 @@ class FakeGateway(GatewaySettings):
     @property
     def live_connections(self) -> list[ConnectionRecord]:
         """Connections whose TCP connection is not gone yet (closing ones included)."""
-        return [c for c in self._ws.connections if c.closed_at is None]
+        return list(self._ws.live.values())
 
     @property
     def frames(self) -> Sequence[FrameRecord]:

@@ -94,6 +94,9 @@ class WebSocketSide:
         self.server: Server | None = None
         self.port = 0
         self.sockets: set[Socket] = set()
+        #: The records of connections whose TCP connection is not gone, by index (in order):
+        #: ``live_connections`` is polled often and ``connections`` only grows.
+        self.live: dict[int, ConnectionRecord] = {}
         self.tcp_connections: set[ServerConnection] = set()
         self.connections: list[ConnectionRecord] = []
         self.frames: list[FrameRecord] = []
@@ -155,6 +158,7 @@ class WebSocketSide:
         connection.is_muted = lambda: self._muted(sock)
         connection.connection_lost_waiter.add_done_callback(lambda _: self._finish(sock))
         self.connections.append(record)
+        self.live[record.index] = record
         self.sockets.add(sock)
         log.debug("fake_gateway.socket_opened", index=record.index)
         try:
@@ -186,6 +190,7 @@ class WebSocketSide:
         sock.closed.set()
         rec = sock.record
         rec.closed_at = time.monotonic()
+        self.live.pop(rec.index, None)
         proto = sock.ws.protocol
         if proto.close_sent is not None and proto.close_rcvd_then_sent is not True:
             rec.closed_by, rec.close_code = "server", proto.close_sent.code
