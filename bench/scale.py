@@ -211,7 +211,8 @@ def brief(res: dict[str, Any]) -> str:
         f"rss/conn={res.get('rss_per_conn_kb', 0):.1f}KiB",
         f"ramp={res.get('ramp_s', 0):.1f}s",
         f"p50/p99={res.get('lateness_p50_ms') or 0:.1f}/{res.get('lateness_p99_ms') or 0:.1f}ms",
-        f"gc_max={res.get('gc_max_pause_ms', 0):.1f}ms",
+        f"gc_max={res.get('gc_max_pause_ms', 0):.1f}ms"
+        f"(cpu {res.get('gc_max_pause_cpu_ms', 0):.1f}ms, gen {res.get('gc_max_pause_generation')})",
         f"cpu={res.get('cpu_pct_of_core', 0):.1f}%",
         f"false={res.get('false_detections')}",
         f"sockets={res.get('sockets_total')}",
@@ -373,6 +374,17 @@ def judge_false(scale: dict[str, Any]) -> dict[str, Any] | None:
     )
 
 
+def _gc_detail(res: dict[str, Any] | None) -> str:
+    """What the longest pause was: no collection at all, or its generation and CPU time (a
+    pause far longer than its CPU time is the process descheduled mid-collection)."""
+    if _get(res, "gc_collections") == 0:
+        return "; no collection in the window"
+    cpu, gen = _get(res, "gc_max_pause_cpu_ms"), _get(res, "gc_max_pause_generation")
+    if cpu is None:
+        return ""
+    return f" (generation {gen}, {cpu:.1f} ms of it on the CPU)"
+
+
 def judge_gc(scale: dict[str, Any]) -> dict[str, Any] | None:
     """Longest collector pause in the steady window at the largest real-interval count ≤ 50 ms
     (qqconn; bare is shown beside it)."""
@@ -388,14 +400,7 @@ def judge_gc(scale: dict[str, Any]) -> dict[str, Any] | None:
         b,
         f"≤ {GC_PAUSE_MS:g} ms",
         None if q is None else q <= GC_PAUSE_MS,
-        ""
-        if q is None
-        else f"{q:.1f} ms"
-        + (
-            "; no collection in the window"
-            if _get(run.get("qqconn"), "gc_collections") == 0
-            else ""
-        ),
+        "" if q is None else f"{q:.1f} ms" + _gc_detail(run.get("qqconn")),
     )
 
 

@@ -268,6 +268,24 @@ def test_collector_pause_is_judged_at_the_largest_count() -> None:
     assert v["gc"]["ok"] is True
 
 
+def test_a_long_pause_names_its_generation_and_cpu_time() -> None:
+    """The verdict stays on the wall-clock pause (what the loop lost); its detail says how much
+    of it the collector spent on the CPU, which tells collecting from being descheduled."""
+    v = by_key(
+        result(
+            real_10000={
+                "qqconn": {
+                    "gc_max_pause_ms": 768.0,
+                    "gc_max_pause_cpu_ms": 1.5,
+                    "gc_max_pause_generation": 0,
+                }
+            }
+        )
+    )
+    assert v["gc"]["ok"] is False
+    assert v["gc"]["detail"].endswith("768.0 ms (generation 0, 1.5 ms of it on the CPU)")
+
+
 def test_throughput_is_the_burst_beside_the_idle_connections() -> None:
     v = by_key(
         result(real_1000={"qqconn": {"burst": {"events": 200_000, "events_per_s": 89_000.0}}})
