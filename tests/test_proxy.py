@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -199,3 +201,36 @@ async def test_a_relay_ends_when_its_client_goes_while_the_upstream_keeps_sendin
         assert conn.ended == "reset"
         async with asyncio.timeout(10):
             await asyncio.gather(*conn._tasks)
+
+
+async def test_a_client_reset_reaches_an_upstream_that_is_silent() -> None:
+    """The client resets its socket while the upstream has nothing to send (a gateway waiting
+    for the next heartbeat): the upstream's connection is closed too, as a direct connection's
+    would be, and the relay ends. Broken version: only the direction reading from the client
+    ended; the other waited forever reading from the silent upstream, keeping its socket open
+    (the hour soak's abort at 2,703 s: ALIVE, but the fake still held the old socket)."""
+    upstream_closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while await reader.read(4096):  # reads until the proxy's side of it goes away
+                pass
+        upstream_closed.set()
+        writer.close()
+
+    async with echo_behind_proxy(silent) as proxy:
+        _, writer = await _open(proxy)
+        writer.write(b"hello")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            while not proxy.connections or proxy.connections[0].up_bytes < 5:
+                await asyncio.sleep(0.01)
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN: the proxy's read from the client fails
+        async with asyncio.timeout(10):
+            await upstream_closed.wait()
+        conn = proxy.connections[0]
+        async with asyncio.timeout(10):
+            await asyncio.gather(*conn._tasks)
+        assert conn.ended == "reset"
