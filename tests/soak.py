@@ -737,6 +737,9 @@ class Slot:
         pump_rate: tuple[int, float, float],
         hb_ms: int = HB_MS,
     ) -> None:
+        #: The last step drawn and when (a FATAL between steps names it).
+        self.last_step = "none yet"
+        self.last_step_at = time.monotonic()
         self.index = index
         self.name = f"slot{index}"
         self.app_id = f"{10000 + index}"
@@ -1262,6 +1265,7 @@ class Runner:
         age = None if m.opened_at is None else time.monotonic() - m.opened_at
         young = age is not None and age < slot.policy.quick_disconnect_threshold_s - 0.25
         step = scheduler.choose(young=young)
+        slot.last_step, slot.last_step_at = f"{step.label} ({step.timing})", time.monotonic()
         step.params["bad_before"] = self.tap.count(slot.app_id, "qqconn.bad_frame")
         obs = slot.observer
         obs.begin_step()
@@ -1355,7 +1359,8 @@ class Runner:
         if not (between and explained):
             self.report.violation(
                 f"{slot.name}: FATAL between steps ({what}) after endings "
-                f"{[e.label() for (e, _), _ in between]}"
+                f"{[e.label() for (e, _), _ in between]}; the step before: {slot.last_step} "
+                f"(drawn {time.monotonic() - slot.last_step_at:.1f} s before); {self._describe(slot)}"
             )
         await self._after_fatal(slot, f"between steps ({what})", False, True)
         await until(ready, timeout, f"{slot.name}: {what} (fresh manager)")
