@@ -97,21 +97,15 @@ class ProxyConnection:
     def reset(self) -> None:
         """Reset the connection now (RST both ways, no close frame)."""
         self.ended = self.ended or "reset"
-        self.abort()
-        for t in self._tasks:
-            t.cancel()
-
-    def abort(self) -> None:
-        """Close both sides at once with an RST (the pumps then end on their own)."""
         for w in self._writers:
             transport = w.transport
-            if transport.is_closing():
-                continue
             with contextlib.suppress(OSError):
                 sock = transport.get_extra_info("socket")
                 if sock is not None:  # linger 0: the close is an RST, not a FIN
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
+        for t in self._tasks:
+            t.cancel()
 
 
 class FaultProxy:
@@ -234,9 +228,8 @@ class FaultProxy:
                     await asyncio.sleep(_POLL_S)  # back-pressure: stop reading
                 if sender.done():
                     # The sender died writing to a side that went away: nothing this side
-                    # reads can be delivered, so the relay ends, both sides of it.
+                    # reads can be delivered, so the direction ends (and with both, the relay).
                     conn.ended = conn.ended or "reset"
-                    conn.abort()
                     return
                 f = conn.faults()
                 if not upstream and f.half_close:
@@ -280,11 +273,13 @@ class FaultProxy:
                 if f.rate_bytes_s:
                     await asyncio.sleep(len(data) / f.rate_bytes_s)
         except (ConnectionError, OSError):
-            # One side reset: so does the other, as on a direct connection. Else the other
-            # direction waits forever reading from a silent side (a gateway between
-            # heartbeats), and that side's socket stays open.
+            # The side this direction reads from reset: close the side it writes to (after
+            # what is buffered), as a direct connection would end. Else the other direction
+            # waits forever reading from that side when it is silent (a gateway between
+            # heartbeats), and its socket stays open.
             conn.ended = conn.ended or "reset"
-            conn.abort()
+            with contextlib.suppress(Exception):
+                dst.close()
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
