@@ -456,7 +456,7 @@ def render(r: dict[str, Any]) -> str:
         "own process.\n"
     )
     w(
-        "Reproduce with:\n\n    make bench          # full run, rewrites this file (about 28–30 min, 17 of them item 10)\n"
+        "Reproduce with:\n\n    make bench          # full run, rewrites this file (about 30–40 min, 17–20 of them item 10)\n"
         "    .venv/bin/python bench/run.py --quick   # smoke run of the harness (< 2 min), docs untouched\n"
     )
     w(

@@ -2,8 +2,8 @@
 
 Usage: ``python bench/run.py [--quick] [--no-botpy] [--no-profile] [--only ITEMS]``
 
-* full run (``make bench``): about 28–30 minutes on the 2-core machine (item 10, many
-  connections at scale, is about 17 of them: ``bench/scale.py`` prints its plan); rewrites
+* full run (``make bench``): about 30–40 minutes on the 2-core machine (item 10, many
+  connections at scale, is 17–20 of them: ``bench/scale.py`` prints its plan); rewrites
   ``docs/benchmarks.md`` and saves the raw results to ``bench/results/``;
 * ``--quick``: a smoke run of the harness (small sizes, one repeat, short windows) in under
   2 minutes; it writes ``bench/results/quick-*.json`` and leaves the docs alone unless
