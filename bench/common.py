@@ -83,7 +83,6 @@ class GcPauses:
             "gc_max_pause_ms": 1000 * (longest[2] if longest else 0.0),
             "gc_max_pause_cpu_ms": 1000 * (longest[3] if longest else 0.0),
             "gc_max_pause_generation": longest[1] if longest else None,
-            "gc_max_cpu_ms": 1000 * max((p[3] for p in ps), default=0.0),
             "gc_gen2_max_pause_ms": 1000 * max(gen2, default=0.0),
             "gc_total_pause_ms": 1000 * sum(p[2] for p in ps),
         }

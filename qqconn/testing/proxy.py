@@ -94,6 +94,11 @@ class ProxyConnection:
     def faults(self) -> ProxyFaults:
         return replace(self.proxy.faults, **self.overrides)
 
+    @property
+    def finished(self) -> bool:
+        """Ended, and both of its pumps with it."""
+        return self.ended is not None and all(t.done() for t in self._tasks)
+
     def reset(self) -> None:
         """Reset the connection now (RST both ways, no close frame)."""
         self.ended = self.ended or "reset"
