@@ -1568,6 +1568,17 @@ class Runner:
             extra = slot.policy.connect_timeout_s * 2
         if step.kind == "resume_thrice":
             extra = 4 * (step.params["hello_delay_s"] + 0.5)
+        burst = step.kind in ("quick_burst", "fatal_burst")
+
+        def spent() -> bool:
+            # A burst is over when the fake has no close of it still to land and the client
+            # is ALIVE on a socket after the last one: counting endings is not enough, since a
+            # connect failure that never reached the fake is an ending too (an hour's run saw
+            # the third close of a fatal burst land after the step was judged).
+            return not burst or (
+                slot.gw.faults.close_new_sockets_spent and len(slot.gw.live_connections) == 1
+            )
+
         await until(
             lambda: (
                 slot.task.done()
@@ -1576,6 +1587,7 @@ class Runner:
                     slot.mgr.state is State.ALIVE
                     and len(obs.endings) >= len(step.plan)
                     and obs.pending_hooks == 0
+                    and spent()
                 )
             ),
             8 + extra,

@@ -650,6 +650,42 @@ async def test_close_new_sockets_with_a_code_counts_down(fake_gateway: FakeGatew
         await no_frame(ws, 0.2)
 
 
+async def test_close_new_sockets_is_spent_only_when_its_last_socket_is_gone(
+    fake_gateway: FakeGateway,
+) -> None:
+    """A burst is spent when no close of it can still reach a client: none left to schedule
+    and none scheduled whose socket is still open. reset() lifts the fault, yet a close it
+    already scheduled still lands, and the burst is not spent until it has."""
+    gw = fake_gateway
+    gw.faults.close_new_sockets(0.3, 1, code=4900)
+    assert not gw.faults.close_new_sockets_spent
+    async with open_ws(gw) as ws:
+        await recv(ws)  # Hello: the close is scheduled, not yet sent
+        assert gw.faults.close_new_sockets_left == 0
+        assert gw.faults.close_new_sockets_pending == 1
+        assert not gw.faults.close_new_sockets_spent
+        gw.faults.reset()
+        assert gw.faults.close_new_sockets_pending == 1
+        assert not gw.faults.close_new_sockets_spent
+        assert (await closed_with(ws))[0] == 4900
+    await gw.wait_for(lambda: gw.faults.close_new_sockets_spent, 2.0)
+    assert gw.faults.close_new_sockets_pending == 0
+
+
+async def test_close_new_sockets_on_a_socket_the_client_closed_first_is_spent(
+    fake_gateway: FakeGateway,
+) -> None:
+    """A scheduled close whose socket the client closed first is spent with the socket."""
+    gw = fake_gateway
+    gw.faults.close_new_sockets(30.0, 1, code=4900)
+    async with open_ws(gw) as ws:
+        await recv(ws)
+        assert gw.faults.close_new_sockets_pending == 1
+        await ws.close()
+    await gw.wait_for(lambda: gw.faults.close_new_sockets_spent, 2.0)
+    assert gw.connections[0].closed_by == "client"
+
+
 async def test_close_new_sockets_without_a_code_drops(fake_gateway: FakeGateway) -> None:
     """close_new_sockets(after_s, 1) with code None drops the socket without a close frame."""
     gw = fake_gateway

@@ -147,6 +147,10 @@ class Faults:
     close_new_sockets_after_s: float = 0.0
     #: None = drop without a close frame.
     close_new_sockets_code: int | None = None
+    #: Closes :meth:`close_new_sockets` scheduled on sockets already open whose socket is not
+    #: gone yet. With ``close_new_sockets_left`` at 0 as well, the burst is spent: no close of
+    #: it can still reach a client. Kept by the gateway, not reset.
+    close_new_sockets_pending: int = field(default=0, init=False)
     #: Per-socket values by connection index (see :meth:`for_socket`); read with :meth:`value`.
     _by_socket: dict[int, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
     #: ``[count left, values]`` queued by :meth:`for_next_sockets`, oldest first.
@@ -170,6 +174,16 @@ class Faults:
         self.close_new_sockets_after_s = after_s
         self.close_new_sockets_code = code
         self.close_new_sockets_left = count
+
+    @property
+    def close_new_sockets_spent(self) -> bool:
+        """No close of :meth:`close_new_sockets` is still to come: none left to schedule and
+        none scheduled that has not happened (or found its socket gone)."""
+        return self.close_new_sockets_left == 0 and self.close_new_sockets_pending == 0
+
+    def spend_close_new_socket(self) -> None:
+        """Called by the gateway when the socket of a scheduled close is gone."""
+        self.close_new_sockets_pending -= 1
 
     def for_socket(self, index: int, **switches: Any) -> None:
         """Set switches of :data:`PER_SOCKET` for connection ``index`` only (0 is the first

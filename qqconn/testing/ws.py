@@ -34,6 +34,9 @@ from qqconn.testing.sockets import FakeServerConnection, Outgoing, Socket, wait_
 from qqconn.testing.ws_inbound import on_message
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from qqconn.testing.faults import Faults
     from qqconn.testing.gateway import FakeGateway
 
 __all__ = ["CLOSE_REASONS", "WS_PATH", "WebSocketSide"]
@@ -271,7 +274,12 @@ class WebSocketSide:
         if f.close_new_sockets_left > 0:
             f.close_new_sockets_left -= 1
             after_s, code = f.close_new_sockets_after_s, f.close_new_sockets_code
-            sock.tasks.append(asyncio.create_task(self._close_new_socket(sock, after_s, code)))
+            task = asyncio.create_task(self._close_new_socket(sock, after_s, code))
+            f.close_new_sockets_pending += 1
+            # A done callback, not a finally: a task cancelled before its first step never
+            # runs its body.
+            task.add_done_callback(_spend_close(f))
+            sock.tasks.append(task)
         while True:
             timeout_s = self._heartbeat_timeout(sock)
             armed = (
@@ -300,12 +308,14 @@ class WebSocketSide:
 
     async def _close_new_socket(self, sock: Socket, after_s: float, code: int | None) -> None:
         await asyncio.sleep(after_s)
-        if sock.closing or not sock.is_open:
-            return
-        if code is None:
-            sock.abort()
-        else:
-            sock.enqueue_close(code, CLOSE_REASONS.get(code, ""), auto=False)
+        if not sock.closing and sock.is_open:
+            if code is None:
+                sock.abort()
+            else:
+                sock.enqueue_close(code, CLOSE_REASONS.get(code, ""), auto=False)
+        # Done (and counted spent) only when the socket is gone: until then the close may
+        # still be on its way to the client. The socket's teardown cancels this wait.
+        await sock.closed.wait()
 
     def attach(self, sock: Socket, session: Session[Socket]) -> None:
         left = self.gw._book.attach(session, sock)
@@ -415,3 +425,10 @@ class WebSocketSide:
                 text = CLOSE_REASONS.get(close_code, "") if reason is None else reason
                 done.append(s.enqueue_close(close_code, text, auto=False))
         await self.await_all(done)
+
+
+def _spend_close(faults: Faults) -> Callable[[asyncio.Task[None]], None]:
+    def spend(_task: asyncio.Task[None]) -> None:
+        faults.spend_close_new_socket()
+
+    return spend
