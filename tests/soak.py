@@ -1517,8 +1517,12 @@ class Runner:
 
     async def _net_trickle(self, slot: Slot, p: dict[str, Any]) -> None:
         """A trickle of ``rate`` bytes a second both ways with the pump paused; a few events are
-        sent through it one at a time (each well under the ACK deadline at that rate)."""
-        slot.paused = True
+        sent through it one at a time (each well under the ACK deadline at that rate).
+
+        What the pump sent before the pause is delivered first: behind a backlog the trickle
+        holds the heartbeat ACK for as long as the backlog takes to drain, and the zombie
+        watchdog then does its job (a 4,000 B/s trickle under 200 events/s did that)."""
+        await slot.flush()
         slot.proxy.set(rate_bytes_s=float(p["rate"]))
         try:
             sid = slot.gw.current_session_id
