@@ -1665,10 +1665,16 @@ class Runner:
             ]
             if unexcused:
                 i = unexcused[0]
-                near = self._peak_near(slot, actual[i][0], obs.end_marks[i])
+                end, lived = actual[i]
+                near = self._peak_near(slot, end, obs.end_marks[i])
+                # Where the connection stood when it ended: a deadline with the Hello in
+                # hand waited on READY/RESUMED; one without, on the Hello itself.
+                where = f"hello={end.hello}, reached={end.reached}, " + (
+                    "never opened" if lived is None else f"lived {lived:.3f} s"
+                )
                 r.violation(
-                    f"{slot.name}: {step.label} ({step.timing}): unplanned {labels[i]} with "
-                    f"loop lag only {near:.2f} s; endings {labels}, planned {planned}"
+                    f"{slot.name}: {step.label} ({step.timing}): unplanned {labels[i]} ({where}) "
+                    f"with loop lag only {near:.2f} s; endings {labels}, planned {planned}"
                 )
             else:
                 r.violation(

@@ -291,7 +291,7 @@ def test_the_same_watchdog_ending_without_loop_lag_is_a_violation(lag_s: float |
     """The same ending with no lag, or lag below an eighth of the ACK deadline, is a violation."""
     _, report = _judge_with_lag(_OP7_STEP, [_ZOMBIE], lag_s=lag_s)
     assert len(report.violations) == 1
-    assert "unplanned watchdog" in report.violations[0]
+    assert "unplanned watchdog (hello=True, reached=True, lived 0.500 s)" in report.violations[0]
     assert report.excused == {}
 
 
