@@ -56,8 +56,9 @@ soak: $(STAMP)
 
 # Mutation testing (mutmut 3, config in pyproject's [tool.mutmut]: machine, endings, policy,
 # protocol, checkpoint and the driver package against their deterministic tests). Slow: the
-# clean and the coverage runs take about 5 min on two busy cores, then each mutant runs the
-# tests that reach its function; MUTANTS narrows it (fnmatch names, e.g. 'qqconn.checkpoint*').
+# clean and the coverage runs take a few minutes, then each of the ~5,200 mutants runs the tests
+# that reach its function: 10-35 mutants a minute on two shared cores, so a full run takes hours.
+# MUTANTS narrows it (names or fnmatch patterns, e.g. 'qqconn.checkpoint*').
 # It works in mutants/ and resumes where it stopped; `mutmut results` lists the survivors.
 mutate: $(STAMP)
 	$(VENV)/bin/mutmut run --max-children $${MUTMUT_CHILDREN:-2} $(MUTANTS)
