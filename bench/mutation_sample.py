@@ -9,8 +9,8 @@ uniform random sample of them (by default 800, seed 20261204) gives the score to
 * ``names`` prints the sample's mutant names, one per line, for ``mutmut run``. It needs the
   ``mutants/`` directory mutmut generates on its first run (the Makefile target makes one).
 * ``score`` reads the verdicts mutmut stored for those names and prints killed, survived, no
-  test and not yet checked, per module and in all, with the score and its 95 % interval (normal
-  approximation). A timeout counts as killed, as mutmut counts it.
+  test and not yet checked, per module and in all, with the score and its 95 % interval (Wilson).
+  A timeout counts as killed, as mutmut counts it.
 
 The sample is drawn from the sorted names of every mutant mutmut generated, so the same code, size
 and seed give the same sample; a code change renumbers the mutants of the functions it touches.
@@ -74,10 +74,18 @@ def score_line(counts: Counter[str]) -> str:
     if others:
         text += f"  {others}"
     if checked:
-        p = killed / checked
-        half = 1.96 * math.sqrt(p * (1 - p) / checked)
-        text += f"  score {100 * p:5.1f} % ± {100 * half:.1f}"
+        low, high = wilson(killed, checked)
+        text += f"  score {100 * killed / checked:5.1f} % (95 %: {100 * low:.1f}-{100 * high:.1f})"
     return text
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of ``hits`` in ``n``: unlike p ± z·sqrt(p(1-p)/n), it does not
+    shrink to nothing at 0 % or 100 %, which a module's few sampled mutants often are."""
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def main(argv: list[str] | None = None) -> int:
