@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from qqconn import ConnectionManager, FatalError, State
+from qqconn.endings import EndingKind
 from qqconn.protocol import Dispatch
 from qqconn.testing import MISSING, NO_OVERRIDE, FakeGateway
 from tests.driver_support import FAST, manager_for
@@ -73,6 +74,13 @@ def _loads_on_a_fresh_stack(text: str) -> Any:
     worker.start()
     worker.join()
     return result[0]
+
+
+#: Endings the client's own watchdogs cause (never a frame the batch sent).
+OWN_WATCHDOG_KINDS = frozenset(
+    k.value
+    for k in (EndingKind.ZOMBIE, EndingKind.STALE, EndingKind.SEND_FAILED, EndingKind.DEADLINE)
+)
 
 
 def expected_bad(frame: str | bytes) -> bool:
@@ -428,10 +436,15 @@ async def test_hostile_frames_never_break_the_manager(
     bad_expected = [f for f in sent if expected_bad(f)]
     bad_logged = [e for e in logs if e["event"] == "qqconn.bad_frame"]
     env.bad += len(bad_logged)
-    unplanned_end = terminal is None and any(e["event"] == "qqconn.connection_ended" for e in logs)
+    ended = [e for e in logs if e["event"] == "qqconn.connection_ended"]
+    # With no terminal frame any ending is unplanned; with one, an ending of the client's own
+    # watchdogs is (the terminal's own ending is a frame_too_large, op 7 or op 9 one).
+    unplanned_end = any(terminal is None or e.get("kind") in OWN_WATCHDOG_KINDS for e in ended)
     if unplanned_end:
         # The socket the batch went to ended under us (a false zombie on a loaded machine):
         # frames still in flight on it are never read, legitimately. Everything else holds.
+        # (A fresh-clone CI run under load logged 4 of 6 bad frames of a batch that had a
+        # terminal frame; this branch then only counted batches without one.)
         env.disturbed += 1
         assert len(bad_logged) <= len(bad_expected), (bad_logged, bad_expected)
         assert env.disturbed <= max(3, env.examples // 4), "too many unplanned reconnects"
