@@ -26,10 +26,10 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-#: mutmut's exit codes by verdict (mutmut/stats.py); anything else is reported as it is.
-KILLED = {1, 3, 24, -24, 36, 152, 255}
-SURVIVED = {0}
-NO_TESTS = {5, 33}
+from mutmut.stats import status_by_exit_code
+
+#: The four columns; any other verdict of mutmut's (suspicious, segfault, ...) is shown beside.
+COLUMNS = ("killed", "survived", "no tests", "not checked")
 
 
 def verdicts(mutants: Path) -> dict[str, int | None]:
@@ -46,15 +46,9 @@ def sample(names: list[str], size: int, seed: int) -> list[str]:
 
 
 def verdict(code: int | None) -> str:
-    if code is None:
-        return "not checked"
-    if code in KILLED:
-        return "killed"
-    if code in SURVIVED:
-        return "survived"
-    if code in NO_TESTS:
-        return "no tests"
-    return f"exit {code}"
+    """mutmut's name for an exit code, with a timeout counted as killed (as mutmut scores it)."""
+    status = status_by_exit_code[code]
+    return "killed" if status == "timeout" else status
 
 
 def module(name: str) -> str:
@@ -70,7 +64,7 @@ def score_line(counts: Counter[str]) -> str:
         f"killed {killed:4d}  survived {counts['survived']:4d}  no tests {counts['no tests']:4d}"
         f"  not checked {counts['not checked']:4d}"
     )
-    others = {v: n for v, n in counts.items() if v.startswith("exit ")}
+    others = {v: n for v, n in counts.items() if v not in COLUMNS}
     if others:
         text += f"  {others}"
     if checked:

@@ -34,9 +34,6 @@ from qqconn.testing.sockets import FakeServerConnection, Outgoing, Socket, wait_
 from qqconn.testing.ws_inbound import on_message
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from qqconn.testing.faults import Faults
     from qqconn.testing.gateway import FakeGateway
 
 __all__ = ["CLOSE_REASONS", "WS_PATH", "WebSocketSide"]
@@ -278,7 +275,7 @@ class WebSocketSide:
             f.close_new_sockets_pending += 1
             # A done callback, not a finally: a task cancelled before its first step never
             # runs its body.
-            task.add_done_callback(_spend_close(f))
+            task.add_done_callback(lambda _task: f.spend_close_new_socket())
             sock.tasks.append(task)
         while True:
             timeout_s = self._heartbeat_timeout(sock)
@@ -425,10 +422,3 @@ class WebSocketSide:
                 text = CLOSE_REASONS.get(close_code, "") if reason is None else reason
                 done.append(s.enqueue_close(close_code, text, auto=False))
         await self.await_all(done)
-
-
-def _spend_close(faults: Faults) -> Callable[[asyncio.Task[None]], None]:
-    def spend(_task: asyncio.Task[None]) -> None:
-        faults.spend_close_new_socket()
-
-    return spend
